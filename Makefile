@@ -1,0 +1,40 @@
+# Ambit: `make demo` and `make test` each install what they need on a fresh Debian 12 (as root).
+SHELL := /bin/bash
+VENV  ?= .venv
+PY    := $(VENV)/bin/python
+APT_PACKAGES := iproute2 iptables nftables containernetworking-plugins curl openssl tcpdump \
+                procps psmisc kmod python3-venv prometheus iperf3 wrk nginx libnginx-mod-stream nghttp2-client
+STAMP := $(VENV)/.ambit-installed
+
+.PHONY: deps venv demo test unit down clean bench
+
+deps: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@command -v kubectl >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubectl >/dev/null 2>&1 \
+	  || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq kubernetes-client >/dev/null; }
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	@touch $(STAMP)
+
+demo: deps
+	$(VENV)/bin/ambit up --nodes 2 --demo
+	@echo
+	@echo "kubectl --kubeconfig \"\$$($(VENV)/bin/ambit sandbox kubeconfig)\" get pods -A -o wide"
+	@echo "$(VENV)/bin/ambit down    # removes everything"
+
+test: deps
+	$(PY) -m pytest -q -ra tests
+
+unit: deps
+	$(PY) -m pytest -q -ra tests/unit
+
+down:
+	-$(VENV)/bin/ambit down
+
+clean: down
+	rm -rf $(VENV)
