@@ -1,0 +1,8 @@
+"""Ambit's node agent: one per node, it carries enrolled pods' traffic over mutual TLS.
+
+- ``inpod/``: enters each enrolled pod's network namespace, installs redirection, opens listeners there
+- ``proxy/``: outbound (15001), inbound plaintext (15006) and tunnel (15008) listeners, one byte pump
+- ``identity/``: the CA service and the per-service-account certificate manager
+- ``discovery/``: list-then-watch of the Kubernetes API feeding ``state/`` snapshots
+- ``metrics``/``admin``: Prometheus on :15020, readiness on :15021, config dump on localhost:15000
+"""
