@@ -1,0 +1,191 @@
+"""``ambit up`` and ``ambit down``: build the sandbox cluster, and remove every trace of it.
+
+up:   PKI + kubeconfig -> underlay bridge and node namespaces -> API server -> controllers ->
+      one kubelet per node (inside its node namespace) -> nodes Ready -> demo app (optional)
+down: stop every member process -> delete namespaces and links -> delete the state directory.
+      Idempotent, and works after a crash: it finds processes by environment marker and
+      namespaces/links by name prefix, not from files alone.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+import ssl
+import time
+import urllib.request
+from pathlib import Path
+
+from sandbox import procs
+from sandbox.config import SandboxConfig
+
+log = logging.getLogger(__name__)
+
+DEMO_MANIFESTS = Path(__file__).parent / "demo" / "manifests.yaml"
+
+
+class SandboxError(Exception):
+    """the sandbox could not be brought up; the message says what to do"""
+
+
+def _say(msg: str) -> None:
+    print(f"ambit: {msg}", flush=True)
+
+
+def is_up(cfg: SandboxConfig) -> bool:
+    return procs.pid_of(cfg, "apiserver") is not None
+
+
+def up(cfg: SandboxConfig, *, demo: bool) -> None:
+    from sandbox.api.pki import ensure_pki, write_kubeconfig
+    from sandbox.node import cni as node_cni
+    from sandbox.node import underlay
+
+    started = time.monotonic()
+    _check_prerequisites()
+    cfg.state_dir.mkdir(parents=True, exist_ok=True)
+    cfg.state_dir.chmod(0o700)
+    ensure_pki(cfg)
+    write_kubeconfig(cfg)
+
+    underlay.create_underlay(cfg)
+    for i in range(1, cfg.nodes + 1):
+        underlay.create_node(cfg, i)
+        node_cni.default_conflist(cfg, i)
+    _say(f"underlay {cfg.bridge} {cfg.underlay} with {cfg.nodes} node namespaces")
+
+    if procs.pid_of(cfg, "apiserver") is None:
+        procs.start(cfg, name="apiserver",
+                    argv=procs.python_argv("sandbox.api", "--bind", "127.0.0.1", "--bind", cfg.host_ip))
+    _wait_api(cfg, timeout=20)
+    _say(f"API server ready at {cfg.api_url_host}")
+
+    if procs.pid_of(cfg, "controllers") is None:
+        procs.start(cfg, name="controllers", argv=procs.python_argv("sandbox.controllers"))
+    for i in range(1, cfg.nodes + 1):
+        node = cfg.node_name(i)
+        if procs.pid_of(cfg, f"kubelet-{node}") is None:
+            procs.start(cfg, name=f"kubelet-{node}", netns=cfg.node_netns(node),
+                        argv=procs.python_argv("sandbox.node.kubelet", "--node", node, "--index", str(i)))
+
+    api = _client(cfg)
+    _wait_nodes_ready(cfg, api, timeout=30)
+    _say(f"{cfg.nodes} nodes Ready")
+
+    if demo:
+        apply_manifest_file(api, DEMO_MANIFESTS)
+        _wait_pods_ready(api, namespace="demo", timeout=60)
+        _say("demo application Running in namespace demo")
+    _say(f"sandbox up in {time.monotonic() - started:.1f}s; kubeconfig: {cfg.kubeconfig_path}")
+
+
+def down(cfg: SandboxConfig) -> list[str]:
+    """Remove everything the sandbox made; returns a description of what was removed."""
+    from sandbox.node import underlay
+
+    removed: list[str] = []
+    pids = procs.members(cfg)
+    if pids:
+        procs.stop_pids(pids)
+        removed.append(f"{len(pids)} processes")
+    removed.extend(underlay.teardown(cfg))
+    # processes inside namespaces are killed by teardown; catch stragglers started meanwhile
+    late = procs.members(cfg)
+    if late:
+        procs.stop_pids(late, grace=1)
+        removed.append(f"{len(late)} late processes")
+    if cfg.state_dir.exists():
+        shutil.rmtree(cfg.state_dir, ignore_errors=True)
+        removed.append(str(cfg.state_dir))
+    return removed
+
+
+# ---- helpers ---------------------------------------------------------------------------
+def _check_prerequisites() -> None:
+    missing = [tool for tool in ("ip", "iptables", "iptables-restore", "nsenter") if shutil.which(tool) is None]
+    if not Path("/usr/lib/cni/ptp").exists() and not Path("/opt/cni/bin/ptp").exists():
+        missing.append("CNI reference plugins (apt-get install containernetworking-plugins)")
+    if missing:
+        raise SandboxError(f"missing {', '.join(missing)}; run `make deps` (as root) first")
+
+
+def _client(cfg: SandboxConfig):
+    from sandbox.kube import api_client
+
+    return api_client(cfg)
+
+
+def _wait_api(cfg: SandboxConfig, *, timeout: float) -> None:
+    ctx = ssl.create_default_context(cafile=str(cfg.pki_dir / "ca.crt"))
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if procs.pid_of(cfg, "apiserver") is None:
+            raise SandboxError(f"the API server exited; see {cfg.log_dir / 'apiserver.log'}")
+        try:
+            with urllib.request.urlopen(f"{cfg.api_url_host}/readyz", context=ctx, timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except Exception as exc:  # not listening yet
+            last = exc
+        time.sleep(0.1)
+    raise SandboxError(f"the API server did not become ready in {timeout:.0f}s ({last}); "
+                       f"see {cfg.log_dir / 'apiserver.log'}")
+
+
+def _wait_nodes_ready(cfg: SandboxConfig, api, *, timeout: float) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    want = {cfg.node_name(i) for i in range(1, cfg.nodes + 1)}
+    ready: set[str] = set()
+    while time.monotonic() < deadline:
+        ready = {
+            n.metadata.name for n in core.list_node().items
+            if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+        }
+        if want <= ready:
+            return
+        for i in range(1, cfg.nodes + 1):
+            if procs.pid_of(cfg, f"kubelet-{cfg.node_name(i)}") is None:
+                raise SandboxError(f"the kubelet of {cfg.node_name(i)} exited; "
+                                   f"see {cfg.log_dir / ('kubelet-' + cfg.node_name(i) + '.log')}")
+        time.sleep(0.2)
+    raise SandboxError(f"nodes {sorted(want - ready)} not Ready after {timeout:.0f}s; see {cfg.log_dir}")
+
+
+def _wait_pods_ready(api, *, namespace: str, timeout: float) -> None:
+    from kubernetes import client
+
+    core = client.CoreV1Api(api)
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    while time.monotonic() < deadline:
+        pods = core.list_namespaced_pod(namespace).items
+        pending = [
+            p.metadata.name for p in pods
+            if p.status.phase != "Running"
+            or not any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
+        ]
+        if pods and not pending:
+            return
+        time.sleep(0.25)
+    raise SandboxError(f"pods in {namespace} not ready after {timeout:.0f}s: {', '.join(pending) or 'none created'}; "
+                       f"try `kubectl get pods -n {namespace}` and `ambit sandbox logs {namespace}/<pod>`")
+
+
+def apply_manifest_file(api, path: Path) -> None:
+    """Create every object of a multi-document YAML file; objects that exist are left alone."""
+    import yaml
+    from kubernetes import utils
+    from kubernetes.utils import FailToCreateError
+
+    for doc in yaml.safe_load_all(path.read_text()):
+        if not doc:
+            continue
+        try:
+            utils.create_from_dict(api, doc)
+        except FailToCreateError as exc:
+            if all(getattr(e, "status", None) == 409 for e in exc.api_exceptions):
+                continue
+            raise
