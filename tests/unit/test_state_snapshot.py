@@ -1,0 +1,67 @@
+import pytest
+
+from node_agent.state.snapshot import build, is_enrolled, workload_name
+
+
+def pod(name, *, ns="shop", uid=None, ip="10.210.1.5", node="node-1", labels=None, sa="web",
+        owner=None, host_network=False, phase="Running"):
+    meta = {"name": name, "namespace": ns, "uid": uid or f"uid-{name}", "labels": labels or {}}
+    if owner:
+        meta["ownerReferences"] = [{"kind": owner[0], "name": owner[1], "controller": True}]
+    return {"metadata": meta,
+            "spec": {"nodeName": node, "serviceAccountName": sa, "hostNetwork": host_network},
+            "status": {"podIP": ip, "phase": phase}}
+
+
+def ns(name, **labels):
+    return {"metadata": {"name": name, "labels": labels}}
+
+
+@pytest.mark.parametrize(
+    "pod_labels, ns_labels, expected",
+    [
+        ({}, {}, False),
+        ({}, {"ambit.dev/dataplane-mode": "ambient"}, True),
+        ({"ambit.dev/dataplane-mode": "none"}, {"ambit.dev/dataplane-mode": "ambient"}, False),
+        ({"ambit.dev/dataplane-mode": "ambient"}, {}, True),
+        ({"ambit.dev/dataplane-mode": "bogus"}, {"ambit.dev/dataplane-mode": "ambient"}, True),
+        ({}, {"ambit.dev/dataplane-mode": "Ambient"}, False),
+    ],
+    ids=["nothing", "namespace", "pod-opt-out", "pod-opt-in", "unknown-pod-value", "case-sensitive"],
+)
+def test_enrolment(pod_labels, ns_labels, expected):
+    assert is_enrolled(pod_labels, ns_labels) is expected
+
+
+@pytest.mark.parametrize(
+    "p, expected",
+    [
+        (pod("web-5d8f-abcde", labels={"pod-template-hash": "5d8f"}, owner=("ReplicaSet", "web-5d8f")), "web"),
+        (pod("agent-x1", owner=("DaemonSet", "agent")), "agent"),
+        (pod("bare"), "bare"),
+        (pod("odd-abc", labels={"pod-template-hash": "zzz"}, owner=("ReplicaSet", "odd-rs")), "odd-rs"),
+    ],
+    ids=["deployment", "daemonset", "bare-pod", "rs-without-hash"],
+)
+def test_workload_name(p, expected):
+    assert workload_name(p) == expected
+
+
+def test_build_snapshot_services_endpoints_and_identity():
+    svc = {"metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"clusterIP": "10.220.0.10", "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}
+    es = {"metadata": {"name": "web-abc", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+          "ports": [{"name": "http", "port": 8080}],
+          "endpoints": [{"addresses": ["10.210.1.5"], "conditions": {"ready": True}, "nodeName": "node-1"},
+                        {"addresses": ["10.210.2.7"], "conditions": {"ready": False}, "nodeName": "node-2"}]}
+    snap = build(node="node-1", trust_domain="cluster.local",
+                 namespaces=[ns("shop", **{"ambit.dev/dataplane-mode": "ambient"})],
+                 pods=[pod("web-1"), pod("hostnet", ip="10.200.0.11", host_network=True)],
+                 services=[svc], endpoint_slices=[es])
+    w = snap.workloads_by_ip["10.210.1.5"]
+    assert w.enrolled and w.identity == "spiffe://cluster.local/ns/shop/sa/web"
+    assert "10.200.0.11" not in snap.workloads_by_ip, "host-network pods are not addressable workloads"
+    service = snap.services_by_vip["10.220.0.10"]
+    assert [(ep.ip, port) for ep, port in service.targets(80)] == [("10.210.1.5", 8080)]
+    assert service.targets(81) == []
+    assert [w.pod for w in snap.enrolled_local()] == ["web-1"]
