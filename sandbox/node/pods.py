@@ -196,6 +196,7 @@ class PodWorker:
         self._stop = False
         self._teardown_on_stop = False
         self._published: str | None = None
+        self._last_status: dict | None = None
         self._publish_retry_at = 0.0
         self._last_event: tuple[str, str] | None = None
         self._token_refresh_at: float | None = None
@@ -522,7 +523,7 @@ class PodWorker:
                 if not c.ever_started and "waiting" in c.view.state:
                     c.view.state = {"waiting": {"reason": "ContainerCreating"}}
         return build_status(self.pod, sandbox=self.sandbox, containers=[c.view for c in self.containers],
-                            previous=self.pod.get("status"))
+                            previous=self._last_status or self.pod.get("status"))
 
     def _publish(self, *, force: bool = False) -> None:
         status = self._status()
@@ -538,8 +539,7 @@ class PodWorker:
             self._publish_retry_at = time.monotonic() + 1.0
             return
         self._published = text
-        with self._lock:  # keep transition times stable across our own updates
-            self.pod = {**self.pod, "status": status}
+        self._last_status = status  # transition times stay stable across our own updates
 
     def _event(self, etype: str, reason: str, message: str) -> None:
         if self._last_event == (reason, message):
