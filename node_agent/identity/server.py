@@ -94,9 +94,9 @@ class IdentityServer:
                 f"cannot listen on {self._settings.server.listen_host}:{self._settings.server.port}: {exc}; "
                 "is another CA running there?"
             ) from exc
-        server = site._server  # aiohttp exposes no public accessor for the bound port
-        assert server is not None and server.sockets, "BUG: aiohttp site started without sockets"
-        self.port = server.sockets[0].getsockname()[1]
+        addresses = self._runner.addresses
+        assert addresses, "BUG: aiohttp site started without a listening socket"
+        self.port = addresses[0][1]
         self._rotator = asyncio.create_task(self._rotate_forever(), name="identity-serving-cert-rotation")
         self._rotator.add_done_callback(_log_unexpected_exit)
         log.info("identity CA listening on https://%s:%d (trust domain %s)",

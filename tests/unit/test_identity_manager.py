@@ -6,9 +6,10 @@ import random
 from datetime import datetime, timedelta, timezone
 
 import pytest
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 
-from node_agent.identity.ca import CertificateAuthority, certificate_pem, generate_key
+from node_agent.identity.ca import CertificateAuthority, certificate_pem, generate_key, read_csr
 from node_agent.identity.client import SignedCertificate
 from node_agent.identity.errors import CaRefusedError, CaUnavailableError, CertificateUnavailableError, IdentityError
 from node_agent.identity.manager import CertificateManager, CertState
@@ -75,13 +76,8 @@ class FakeCa:
         await asyncio.sleep(0)
         if self.fail is not None:
             raise self.fail
-        from node_agent.identity.ca import read_csr
-
         identity = read_csr(csr_pem, trust_domain=TD).identity
         if self.wrong_key:
-            from cryptography import x509
-            from cryptography.hazmat.primitives import hashes
-
             other = generate_key()
             csr_pem = (x509.CertificateSigningRequestBuilder().subject_name(x509.Name([]))
                        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
