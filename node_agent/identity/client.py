@@ -44,7 +44,9 @@ class HttpsCaClient:
         self._url = url.rstrip("/") + CERTIFICATES_PATH
         self._token_path = token_path
         self._timeout = aiohttp.ClientTimeout(total=timeout)
-        self._ssl = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
+        # only the mesh's roots: never the system's public CAs, which could vouch for an impostor
+        self._ssl = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+        self._ssl.minimum_version = ssl.TLSVersion.TLSv1_2
         try:
             self._ssl.load_verify_locations(cadata=root_pem)
         except (ssl.SSLError, ValueError) as exc:

@@ -249,12 +249,10 @@ def main(settings: IdentitySettings, *, api_client: Any = None) -> int:
     """
     from node_agent.identity.kube import KubeCaSecretStore, KubeClusterApi
 
-    if api_client is None:
-        api_client = _default_api_client()
-    cluster = KubeClusterApi(api_client, timeout=settings.server.api_timeout)
-    store = KubeCaSecretStore(api_client, timeout=settings.server.api_timeout)
-
     async def serve() -> None:
+        client = api_client if api_client is not None else _default_api_client()
+        cluster = KubeClusterApi(client, timeout=settings.server.api_timeout)
+        store = KubeCaSecretStore(client, timeout=settings.server.api_timeout)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -280,7 +278,5 @@ def _default_api_client() -> Any:
         try:
             k8s_config.load_kube_config(client_configuration=configuration)
         except (k8s_config.ConfigException, OSError) as exc:
-            raise SystemExit(
-                f"identity CA: no Kubernetes configuration ({exc}); run in a pod or set KUBECONFIG"
-            ) from exc
+            raise IdentityError(f"no Kubernetes configuration ({exc}); run in a pod or set KUBECONFIG") from exc
     return k8s.ApiClient(configuration)

@@ -217,3 +217,15 @@ def test_create_race_and_config_map_update(api):
     assert ca.roots == winner.roots  # 409 on create: the other replica's material is used
     cm = api.objects[("configmaps", "ambit-system", "ambit-trust-bundle")]
     assert cm["data"] == {"root-cert.pem": winner.roots_pem} and cm["metadata"]["resourceVersion"] == "8"
+
+
+def test_main_exits_1_with_the_reason_when_the_api_is_unreachable(caplog):
+    from node_agent.identity.server import main
+
+    configuration = k8s.Configuration()
+    configuration.host = "http://127.0.0.1:9"
+    configuration.retries = 0
+    with k8s.ApiClient(configuration) as client:
+        assert main(IdentitySettings(), api_client=client) == 1
+    assert any("identity CA: reading secret ambit-system/ambit-ca failed" in r.getMessage()
+               and "is the Kubernetes API reachable?" in r.getMessage() for r in caplog.records)
