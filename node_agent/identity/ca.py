@@ -37,6 +37,7 @@ SECRET_CA_CERT = "ca.crt"
 SECRET_CA_KEY = "ca.key"
 SECRET_ROOT_CERT = "root-cert.pem"
 BUNDLE_ROOT_CERT = "root-cert.pem"
+CERTIFICATES_PATH = "/v1/certificates"  # the CA's signing endpoint (server.py serves it, client.py calls it)
 
 _MAX_CSR_BYTES = 16 * 1024
 
