@@ -6,7 +6,8 @@
   through ``CaClient``; the answer is checked (chain, SAN, usages, our key) before it is used;
 - renewal at ``renew_fraction`` of the lifetime (half-life) with +/- ``renew_jitter``; failures retry
   with capped exponential backoff, and the current certificate keeps serving until it expires;
-- ``get``/``wait_ready`` hand out a still-valid ``Certificate``; ``trust_bundle`` the roots;
+- ``get``/``wait_ready``/``credentials`` hand out a still-valid ``Certificate``; ``trust_bundle`` the
+  roots (PEM; the manager is the proxy's ``tls.CertSource`` as is);
   ``snapshot`` the admin view (never the key); ``subscribe`` tells the proxy about rotations.
 
 All methods run on the agent's event loop; from another thread use ``loop.call_soon_threadsafe``.
@@ -59,7 +60,9 @@ class Certificate:
     not_after: datetime
     serial: int
 
+    @property
     def key_pem(self) -> bytes:
+        """PKCS8 PEM of the key, for ``tls.load_cert_chain_in_memory``; never write it to disk"""
         return private_key_pem(self.key)
 
     def is_valid_at(self, when: datetime) -> bool:
@@ -203,12 +206,20 @@ class CertificateManager:
                 f"no valid certificate for {identity} after {timeout:g}s{error}"
             ) from None
 
-    def trust_bundle(self) -> tuple[x509.Certificate, ...]:
-        """The roots peers' chains must lead to: the initial bundle plus roots the CA has since returned."""
-        return self._roots
+    def credentials(self, identity: SpiffeId) -> Certificate | None:
+        """``get`` for the proxy's ``CertSource``: the valid certificate, or None while there is none."""
+        try:
+            return self.get(identity)
+        except CertificateUnavailableError:
+            return None
 
-    def trust_bundle_pem(self) -> str:
+    def trust_bundle(self) -> str:
+        """PEM of the roots peers' chains must lead to: the initial bundle plus roots the CA returned since."""
         return certificates_pem(self._roots)
+
+    def trust_roots(self) -> tuple[x509.Certificate, ...]:
+        """``trust_bundle`` as certificates, for ``validate.verify_peer``"""
+        return self._roots
 
     def subscribe(self, listener: Listener) -> Callable[[], None]:
         """Call ``listener(identity)`` after each new certificate, ``listener(None)`` after a bundle change."""

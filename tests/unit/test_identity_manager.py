@@ -132,7 +132,8 @@ def test_first_certificate_is_issued_and_verifiable():
                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
         assert manager.get(WEB) is cert
         assert manager.state(WEB) is CertState.VALID
-        assert manager.trust_bundle() == ca.ca.roots
+        assert manager.trust_roots() == ca.ca.roots and manager.trust_bundle() == ca.ca.roots_pem
+        assert manager.credentials(WEB) is cert and manager.credentials(DB) is None
         assert "key" not in repr(cert).lower().replace("keyusage", "")
         assert len(ca.calls) == 1
 
@@ -153,7 +154,7 @@ def test_snapshot_shows_state_and_never_the_key():
         assert web["not_after"] == "2030-01-02T00:00:00+00:00" and web["last_error"] is None
         assert web["holders"] == ["pod-1"]
         dumped = json.dumps(rows)
-        assert "PRIVATE" not in dumped and cert.key_pem().decode() not in dumped
+        assert "PRIVATE" not in dumped and cert.key_pem.decode() not in dumped
 
     run(scenario)
 
