@@ -74,6 +74,8 @@ def _subresources(rt: ResourceType) -> list[tuple[str, Obj, list[str]]]:
     out = []
     if rt.has_status:
         out.append(("status", {"group": rt.group, "version": rt.version, "kind": rt.kind}, STATUS_VERBS))
+    if "scale" in rt.subresources:
+        out.append(("scale", {"group": "autoscaling", "version": "v1", "kind": "Scale"}, STATUS_VERBS))
     if "token" in rt.subresources:
         out.append(("token", {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, ["create"]))
     return out

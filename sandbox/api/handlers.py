@@ -19,8 +19,9 @@ from typing import Any, Awaitable, Callable
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, registry
+from . import discovery, errors, protobuf, registry
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotAcceptable, NotFound, UnsupportedMediaType
+from .protobuf import ProtobufError
 from .registry import ResourceType
 from .resources import PATCH_TYPES, Resources
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
@@ -157,6 +158,13 @@ async def read_object(request: web.Request) -> Any:
         return parse_json(raw)
     if ctype in ("application/yaml", "application/x-yaml", "text/yaml"):
         return parse_yaml(raw)
+    if ctype == protobuf.CONTENT_TYPE:
+        try:
+            return protobuf.decode_object(raw)
+        except ProtobufError as exc:
+            raise UnsupportedMediaType(
+                f"{exc}; send JSON instead (e.g. kubectl create ... --dry-run=client -o yaml | kubectl apply -f -)"
+            ) from exc
     raise UnsupportedMediaType(f"the body of the request was in an unknown format ({ctype}); send application/json")
 
 
@@ -324,6 +332,8 @@ class Handlers:
                 raise MethodNotAllowed("the token subresource only supports POST (TokenRequest)")
             body = await read_object(request)
             return json_response(self.resources.token_request(t.namespace or "", t.name or "", body), status=201)
+        if t.subresource == "scale":
+            return await self._scale(request, t, dry_run=dry_run)
         if t.name is None:
             if method == "GET":
                 if t.legacy_watch or parse_bool(q.get("watch"), param="watch"):
@@ -369,6 +379,20 @@ class Handlers:
             stored = self.resources.delete(rt, t.namespace, t.name, options=options, dry_run=dry_run)
             return raw_response(stored.raw)
         raise MethodNotAllowed(f"{method} is not allowed on {rt.plural}")
+
+    async def _scale(self, request: web.Request, t: Target, *, dry_run: bool) -> web.Response:
+        name = t.name or ""
+        if request.method == "GET":
+            return json_response(self.resources.get_scale(t.rt, t.namespace, name))
+        if request.method == "PUT":
+            body = await read_object(request)
+            return json_response(self.resources.update_scale(t.rt, t.namespace, name, patch_type=None, body=body, dry_run=dry_run))
+        if request.method == "PATCH":
+            ptype = _content_type(request)
+            raw = await request.read()
+            patch = parse_yaml(raw, what="patch") if ptype.startswith("application/apply-patch") else parse_json(raw, what="patch")
+            return json_response(self.resources.update_scale(t.rt, t.namespace, name, patch_type=ptype, body=patch, dry_run=dry_run))
+        raise MethodNotAllowed(f"{request.method} is not allowed on {t.rt.plural}/scale")
 
     def _selectors(self, request: web.Request, *, name: str | None = None) -> tuple[Any, Any]:
         try:

@@ -18,7 +18,8 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     namespaced: bool = True
     subresources: tuple[str, ...] = ()
-    """"status" (spec/status split, like Kubernetes) and "token" (ServiceAccount TokenRequest)"""
+    """"status" (spec/status split, like Kubernetes), "scale" (autoscaling/v1 Scale) and "token"
+    (ServiceAccount TokenRequest)"""
     columns: tuple[Column, ...] = tables.GENERIC
     field_selectors: tuple[str, ...] = ()
     """fields beyond metadata.name / metadata.namespace that ``fieldSelector`` may name"""
@@ -70,6 +71,7 @@ _EVENT_FIELDS = (
     "reason", "reportingComponent", "source", "type",
 )
 _STATUS = ("status",)
+_STATUS_SCALE = ("status", "scale")
 _ALL = ("all",)
 
 RESOURCES: tuple[ResourceType, ...] = (
@@ -81,8 +83,8 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("", "v1", "Secret", "secrets", (), columns=tables.SECRET_COLUMNS, field_selectors=("type",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", ("cm",), columns=tables.CONFIGMAP_COLUMNS),
     ResourceType("", "v1", "Event", "events", ("ev",), columns=tables.EVENT_COLUMNS, field_selectors=_EVENT_FIELDS),
-    ResourceType("apps", "v1", "Deployment", "deployments", ("deploy",), subresources=_STATUS, columns=tables.DEPLOYMENT_COLUMNS, categories=_ALL),
-    ResourceType("apps", "v1", "ReplicaSet", "replicasets", ("rs",), subresources=_STATUS, columns=tables.REPLICASET_COLUMNS, categories=_ALL),
+    ResourceType("apps", "v1", "Deployment", "deployments", ("deploy",), subresources=_STATUS_SCALE, columns=tables.DEPLOYMENT_COLUMNS, categories=_ALL),
+    ResourceType("apps", "v1", "ReplicaSet", "replicasets", ("rs",), subresources=_STATUS_SCALE, columns=tables.REPLICASET_COLUMNS, categories=_ALL),
     ResourceType("apps", "v1", "DaemonSet", "daemonsets", ("ds",), subresources=_STATUS, columns=tables.DAEMONSET_COLUMNS, categories=_ALL),
     ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", (), columns=tables.ENDPOINTSLICE_COLUMNS, field_selectors=("addressType",)),
     ResourceType("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", (), namespaced=False, columns=tables.GENERIC, verbs=("create",)),

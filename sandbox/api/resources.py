@@ -27,7 +27,7 @@ from . import admission, errors, registry
 from .errors import ApiError, BadRequest, Invalid, NotFound
 from .patch import PatchApplyError, PatchFormatError, apply_patch, json_patch, merge_patch, strategic_merge_patch
 from .registry import NAMESPACE, POD, SERVICE, SERVICE_ACCOUNT, ResourceType
-from .selectors import FieldSelector, LabelSelector, unsupported_fields
+from .selectors import FieldSelector, LabelSelector, label_selector_from_dict, unsupported_fields
 from .store import Store, Stored, dumps
 from .tokens import BoundPod, TokenClaims, TokenInvalid, TokenIssuer, looks_like_jwt
 from .validation import invalid_cause
@@ -471,6 +471,50 @@ class Resources:
                 out.append(self.delete(rt, m.get("namespace"), m["name"], dry_run=dry_run))
             except NotFound:
                 continue
+        return out
+
+    # ---- scale -------------------------------------------------------------------------
+
+    def get_scale(self, rt: ResourceType, ns: str | None, name: str) -> Obj:
+        """The ``autoscaling/v1`` Scale view of a Deployment or ReplicaSet (``kubectl scale``)."""
+        obj = self.get(rt, ns, name).obj
+        meta = obj["metadata"]
+        selector = (obj.get("spec") or {}).get("selector") or {}
+        return {
+            "kind": "Scale",
+            "apiVersion": "autoscaling/v1",
+            "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta},
+            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
+            "status": {"replicas": int((obj.get("status") or {}).get("replicas", 0)), "selector": str(label_selector_from_dict(selector))},
+        }
+
+    def update_scale(self, rt: ResourceType, ns: str | None, name: str, *, patch_type: str | None, body: Any, dry_run: bool = False) -> Obj:
+        """Set replicas through the Scale subresource: a PUT (``patch_type`` None) or a PATCH of the Scale."""
+        current = self.get_scale(rt, ns, name)
+        try:
+            if patch_type is None:
+                scale = body
+            elif patch_type == JSON_PATCH:
+                scale = json_patch(current, body)
+            elif patch_type in (MERGE_PATCH, STRATEGIC_PATCH) or patch_type.startswith("application/apply-patch"):
+                scale = merge_patch(current, body)
+            else:
+                raise errors.UnsupportedMediaType(f"{patch_type} is not a patch type for the scale subresource")
+        except PatchFormatError as exc:
+            raise BadRequest(str(exc)) from exc
+        except PatchApplyError as exc:
+            raise Invalid(str(exc), details={"name": name, "kind": "Scale"}) from exc
+        replicas = (scale.get("spec") or {}).get("replicas") if isinstance(scale, dict) else None
+        if not isinstance(replicas, int) or isinstance(replicas, bool) or replicas < 0:
+            raise errors.invalid("Scale", name, [invalid_cause("spec.replicas", replicas, "must be greater than or equal to 0")], group="autoscaling")
+        rv = (scale.get("metadata") or {}).get("resourceVersion")
+        existing = self.get(rt, ns, name)
+        obj = json.loads(existing.raw)
+        obj["spec"]["replicas"] = replicas
+        obj["metadata"]["resourceVersion"] = rv or str(existing.rv)
+        self._update(rt, existing, obj, subresource=None, dry_run=dry_run)
+        out = self.get_scale(rt, ns, name)
+        out["spec"]["replicas"] = replicas
         return out
 
     # ---- tokens ------------------------------------------------------------------------

@@ -198,3 +198,28 @@ def test_version_and_api_resources(kubectl):
     assert version["serverVersion"]["gitVersion"] == "v1.32.0-ambit"
     names = {line.split()[0] for line in kubectl("api-resources", "--no-headers").stdout.splitlines()}
     assert {"pods", "services", "deployments", "endpointslices", "gateways", "httproutes", "tokenreviews"} <= names
+
+
+def test_imperative_create_commands_send_protobuf_and_work(kubectl):
+    assert kubectl("create", "namespace", "imp").stdout.strip() == "namespace/imp created"
+    kubectl("create", "configmap", "c", "-n", "imp", "--from-literal=a=1")
+    kubectl("create", "secret", "generic", "s", "-n", "imp", "--from-literal=p=pw")
+    kubectl("create", "deployment", "web", "-n", "imp", "--image=nginx:1.27", "--replicas=3", "--port=80")
+    kubectl("create", "service", "clusterip", "web", "-n", "imp", "--tcp=80:8080")
+    assert kubectl("get", "cm", "c", "-n", "imp", "-o", "jsonpath={.data.a}").stdout == "1"
+    assert kubectl("get", "secret", "s", "-n", "imp", "-o", "jsonpath={.data.p}").stdout == "cHc="
+    deploy = json.loads(kubectl("get", "deploy", "web", "-n", "imp", "-o", "json").stdout)
+    assert deploy["spec"]["replicas"] == 3
+    assert deploy["spec"]["selector"] == {"matchLabels": {"app": "web"}}
+    assert deploy["spec"]["template"]["spec"]["containers"][0]["ports"] == [{"containerPort": 80, "protocol": "TCP"}]
+    svc = json.loads(kubectl("get", "svc", "web", "-n", "imp", "-o", "json").stdout)
+    assert svc["spec"]["ports"] == [{"name": "80-8080", "port": 80, "protocol": "TCP", "targetPort": 8080}]
+    token = kubectl("create", "token", "default", "-n", "imp", "--audience=ambit").stdout.strip()
+    assert token.count(".") == 2
+
+
+def test_scale(kubectl):
+    kubectl("create", "deployment", "scaled", "--image=nginx:1.27")
+    assert kubectl("scale", "deploy", "scaled", "--replicas=4").stdout.strip() == "deployment.apps/scaled scaled"
+    header, rows = _header_and_rows(kubectl("get", "deploy", "scaled").stdout)
+    assert header[:2] == ["NAME", "READY"] and rows[0][:2] == ["scaled", "0/4"]
