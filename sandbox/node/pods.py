@@ -187,8 +187,7 @@ class PodWorker:
             previous_counts[cs.get("name")] = int(cs.get("restartCount") or 0) + (1 if ran else 0)
         self.containers = [_Container(c, restart_count=previous_counts.get(c.get("name"), 0))
                            for c in spec.get("containers") or []]
-        self.sandbox = SandboxView(host_ip=runtime.host_ip, start_time=now_rfc3339(),
-                                   reason="ContainerCreating", message="creating the pod sandbox")
+        self.sandbox = SandboxView(host_ip=runtime.host_ip, start_time=now_rfc3339())
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._delete = False
