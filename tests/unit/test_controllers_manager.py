@@ -188,3 +188,37 @@ def test_deleting_owners_collects_their_dependents(cluster):
 
     wait_for("the garbage collector to remove ReplicaSets, pods and EndpointSlices",
              lambda: not any(left().values()), state=left)
+
+
+def test_demo_application_comes_up(cluster):
+    """The demo's manifests, applied as `ambit up --demo` does, become ready Deployments behind
+    Services whose EndpointSlices list every replica on port 8080."""
+    from sandbox.demo import manifests
+
+    create = {
+        "ServiceAccount": cluster.core.create_namespaced_service_account,
+        "Service": cluster.core.create_namespaced_service,
+        "Deployment": cluster.apps.create_namespaced_deployment,
+    }
+    for doc in manifests.load():
+        if doc["kind"] == "Namespace":
+            continue  # the fixture made it
+        create[doc["kind"]]("demo", doc)
+
+    def ready():
+        deps = cluster.items(cluster.apps.list_namespaced_deployment)
+        return {d["metadata"]["name"]: (d.get("status") or {}).get("readyReplicas") for d in deps}
+
+    wait_for("every demo Deployment to be ready",
+             lambda: ready() == {"emoji": 2, "voting": 2, "web": 2, "vote-bot": 1}, state=ready)
+
+    def slices():
+        out = {}
+        for s in cluster.items(cluster.disc.list_namespaced_endpoint_slice):
+            ready_eps = [e for e in s.get("endpoints") or [] if e["conditions"]["ready"]]
+            out[s["metadata"]["labels"]["kubernetes.io/service-name"]] = (len(ready_eps), s.get("ports"))
+        return out
+
+    http = [{"name": "http", "port": 8080, "protocol": "TCP"}]
+    wait_for("EndpointSlices for emoji, voting and web",
+             lambda: slices() == {"emoji": (2, http), "voting": (2, http), "web": (2, http)}, state=slices)
