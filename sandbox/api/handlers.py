@@ -38,6 +38,11 @@ _TRUE = {"true", "1", "t", "yes", "y", "on"}
 _FALSE = {"false", "0", "f", "no", "n", "off", ""}
 
 
+def is_public(path: str) -> bool:
+    """/version and the health checks answer without a token (as kube-apiserver's defaults allow)."""
+    return path.rstrip("/") in PUBLIC_PATHS or path.startswith(tuple(p + "/" for p in PUBLIC_PATHS[1:]))
+
+
 def parse_bool(value: str | None, *, param: str) -> bool:
     """Loose booleans, as Kubernetes clients send them: true/True/1, false/False/0."""
     if value is None:
@@ -206,7 +211,7 @@ class Handlers:
         started = time.monotonic()
         user = "-"
         try:
-            if not request.path.startswith(PUBLIC_PATHS):
+            if not is_public(request.path):
                 auth = request.headers.get("Authorization", "")
                 scheme, _, token = auth.partition(" ")
                 if scheme.lower() != "bearer" or not token.strip():

@@ -333,6 +333,21 @@ ENDPOINTSLICE_COLUMNS = (
     Column("Endpoints", endpointslice_endpoints),
     AGE,
 )
+def endpoints_text(o: Obj, now: datetime) -> str:
+    pairs = [
+        f"{a.get('ip')}:{p.get('port')}"
+        for sub in _get(o, "subsets", default=[])
+        for p in (sub.get("ports") or [{}])
+        for a in sub.get("addresses") or []
+    ]
+    if not pairs:
+        return "<none>"
+    shown = ",".join(pairs[:3])
+    return shown if len(pairs) <= 3 else f"{shown} + {len(pairs) - 3} more..."
+
+
+ENDPOINTS_COLUMNS = (NAME, Column("Endpoints", endpoints_text), AGE)
+LEASE_COLUMNS = (NAME, Column("Holder", lambda o, now: _get(o, "spec", "holderIdentity", default="")), AGE)
 CONFIGMAP_COLUMNS = (
     NAME,
     Column("Data", lambda o, now: len(_get(o, "data", default={})) + len(_get(o, "binaryData", default={})), type="integer"),

@@ -123,6 +123,13 @@ ROW_CASES = [
         False,
         {"Name": "web-x", "AddressType": "IPv4", "Ports": "80", "Endpoints": "10.0.0.0,10.0.0.1,10.0.0.2 + 2 more...", "Age": "1s"},
     ),
+    (
+        "endpoints",
+        "endpoints",
+        {"metadata": {"name": "web", "creationTimestamp": ts(timedelta(seconds=9))}, "subsets": [{"addresses": [{"ip": "10.0.0.1"}, {"ip": "10.0.0.2"}], "ports": [{"port": 80}]}]},
+        False,
+        {"Name": "web", "Endpoints": "10.0.0.1:80,10.0.0.2:80", "Age": "9s"},
+    ),
     ("generic-missing-timestamp", "configmaps", {"metadata": {"name": "c"}, "data": {"a": "1"}}, False, {"Name": "c", "Data": 1, "Age": "<unknown>"}),
 ]
 
