@@ -24,8 +24,12 @@ _SOCKADDR_IN6_SIZE = 28
 
 
 def original_dst(sock: socket.socket) -> tuple[str, int] | None:
-    """The (ip, port) an accepted, REDIRECTed connection was addressed to; None when the
-    connection was not redirected (no NAT entry in conntrack)."""
+    """The (ip, port) an accepted connection was addressed to before any NAT, from conntrack.
+
+    For a REDIRECTed connection that is where the app was going; for one that reached the
+    listener directly it equals ``sock.getsockname()``. None when conntrack does not track
+    the connection at all.
+    """
     try:
         if sock.family == socket.AF_INET6:
             raw = sock.getsockopt(socket.SOL_IPV6, IP6T_SO_ORIGINAL_DST, _SOCKADDR_IN6_SIZE)
