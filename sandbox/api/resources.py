@@ -24,7 +24,7 @@ from typing import Any
 from sandbox.config import SandboxConfig
 
 from . import admission, errors, registry
-from .errors import ApiError, BadRequest, Invalid, NotFound
+from .errors import BadRequest, Invalid, NotFound
 from .patch import PatchApplyError, PatchFormatError, apply_patch, json_patch, merge_patch, strategic_merge_patch
 from .registry import NAMESPACE, POD, SERVICE, SERVICE_ACCOUNT, ResourceType
 from .selectors import FieldSelector, LabelSelector, label_selector_from_dict, unsupported_fields
@@ -628,4 +628,4 @@ def matches(obj: Obj, labels: LabelSelector, fields: FieldSelector) -> bool:
     return labels.matches((obj.get("metadata") or {}).get("labels")) and fields.matches(obj)
 
 
-__all__ = ["Resources", "User", "ADMIN", "ApiError", "matches", "now_rfc3339", "PATCH_TYPES"]
+__all__ = ["Resources", "User", "ADMIN", "matches", "now_rfc3339", "PATCH_TYPES"]

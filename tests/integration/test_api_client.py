@@ -345,3 +345,33 @@ def test_token_request_rejects_short_expiry(core):
     with pytest.raises(ApiException) as err:
         core.create_namespaced_service_account_token("default", "default", {"spec": {"expirationSeconds": 60}})
     assert err.value.status == 422
+
+
+def test_finalizers_hold_deletion_until_removed(core):
+    core.create_namespaced_config_map("default", {"metadata": {"name": "held", "finalizers": ["example.com/hold"]}})
+    core.delete_namespaced_config_map("held", "default")
+    held = core.read_namespaced_config_map("held", "default")
+    assert held.metadata.deletion_timestamp is not None
+    core.patch_namespaced_config_map("held", "default", {"metadata": {"finalizers": None}}, _content_type="application/merge-patch+json")
+    with pytest.raises(ApiException) as err:
+        core.read_namespaced_config_map("held", "default")
+    assert err.value.status == 404
+
+
+def test_delete_collection_and_dry_run(core):
+    for i in range(3):
+        core.create_namespaced_config_map("default", {"metadata": {"name": f"dc-{i}", "labels": {"dc": "yes"}}})
+    core.create_namespaced_config_map("default", {"metadata": {"name": "dry"}}, dry_run="All")
+    with pytest.raises(ApiException):
+        core.read_namespaced_config_map("dry", "default")
+    core.delete_collection_namespaced_config_map("default", label_selector="dc=yes")
+    assert core.list_namespaced_config_map("default", label_selector="dc=yes").items == []
+
+
+def test_node_status_and_raw_watch_events(core):
+    rv = core.list_node().metadata.resource_version
+    core.create_node({"metadata": {"name": "node-9"}})
+    core.patch_node_status("node-9", {"status": {"conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": "10.207.0.19"}]}})
+    events = list(watch.Watch().stream(core.list_node, resource_version=rv, timeout_seconds=1, deserialize=False))
+    assert [(e["type"], e["raw_object"]["metadata"]["name"]) for e in events] == [("ADDED", "node-9"), ("MODIFIED", "node-9")]
+    assert events[1]["raw_object"]["status"]["addresses"] == [{"type": "InternalIP", "address": "10.207.0.19"}]
