@@ -492,54 +492,70 @@ def _describe(exc: BaseException | None) -> str:
     return str(exc) or type(exc).__name__
 
 
+class Pump:
+    """Joins two streams; ``run`` forwards until both are closed, ``result`` reports at any time."""
+
+    __slots__ = ("client", "server", "_state", "_started", "_client_before", "_server_before")
+
+    def __init__(self, client: Stream, server: Stream) -> None:
+        if client._relay is not None or server._relay is not None:
+            raise ProxyError("BUG: a stream can be relayed only once")
+        self.client = client
+        self.server = server
+        self._state = _Relay(asyncio.get_running_loop().create_future())
+        self._started = time.monotonic()
+        # bytes read during setup (headers) are not relayed; what is still buffered will be
+        self._client_before = client.received - len(client._pre)
+        self._server_before = server.received - len(server._pre)
+
+    def result(self) -> PumpResult:
+        return PumpResult(
+            from_client=self.client.received - self._client_before,
+            from_server=self.server.received - self._server_before,
+            duration=time.monotonic() - self._started,
+            end=self._state.end,
+            error=self._state.error,
+        )
+
+    async def run(self) -> PumpResult:
+        """Relay until both sides are closed. Cancelling aborts both sides and re-raises."""
+        client, server, state = self.client, self.server, self._state
+        for side, peer in ((client, server), (server, client)):
+            side._relay = state
+            side._peer = peer
+        for side, peer in ((client, server), (server, client)):
+            if side._error is not None:
+                side._fail(side._error)
+            if side._lost:
+                state.note(PumpEnd.RESET, "closed before the relay started")
+                state.lost += 1
+                if not peer._lost and peer.transport is not None:
+                    peer.transport.close()
+        if state.lost < 2:
+            for side, peer in ((client, server), (server, client)):
+                if side._pre:
+                    pending, side._pre = bytes(side._pre), bytearray()
+                    peer._send(pending)
+                if side._eof_in and not side._lost:
+                    peer._send_eof()
+                    side._maybe_close()
+            for side in (client, server):
+                side._resume(_PAUSE_PREAMBLE)
+        if state.lost == 2 and not state.done.done():
+            state.done.set_result(None)
+        try:
+            await state.done
+        except asyncio.CancelledError:
+            state.note(PumpEnd.ABORTED, "cancelled")
+            client.abort()
+            server.abort()
+            raise
+        return self.result()
+
+
 async def relay(client: Stream, server: Stream) -> PumpResult:
     """Forward bytes both ways until both sides are closed; the one pump every path uses.
 
-    Bytes already read during setup (``read_some``/``unread``) are forwarded first. Cancelling
-    aborts both sides and re-raises.
+    Bytes already read during setup and put back (``unread``) are forwarded first.
     """
-    if client._relay is not None or server._relay is not None:
-        raise ProxyError("BUG: a stream can be relayed only once")
-    loop = asyncio.get_running_loop()
-    started = time.monotonic()
-    state = _Relay(loop.create_future())
-    client_before, server_before = client.received - len(client._pre), server.received - len(server._pre)
-    for side, peer in ((client, server), (server, client)):
-        side._relay = state
-        side._peer = peer
-    for side, peer in ((client, server), (server, client)):
-        if side._error is not None:
-            side._fail(side._error)
-        if side._lost:
-            state.note(PumpEnd.RESET, "closed before the relay started")
-            state.lost += 1
-            if not peer._lost and peer.transport is not None:
-                peer.transport.close()
-    if state.lost < 2:
-        for side, peer in ((client, server), (server, client)):
-            if side._pre:
-                pending, side._pre = bytes(side._pre), bytearray()
-                peer._send(pending)
-            if side._eof_in and not side._lost:
-                peer._send_eof()
-                side._maybe_close()
-        if state.lost == 2 and not state.done.done():
-            state.done.set_result(None)
-        for side in (client, server):
-            side._resume(_PAUSE_PREAMBLE)
-    else:
-        state.done.set_result(None)
-    try:
-        await state.done
-    except asyncio.CancelledError:
-        state.note(PumpEnd.ABORTED, "cancelled")
-        client.abort()
-        server.abort()
-        raise
-    return PumpResult(
-        from_client=client.received - client_before,
-        from_server=server.received - server_before,
-        duration=time.monotonic() - started,
-        end=state.end,
-        error=state.error,
-    )
+    return await Pump(client, server).run()
