@@ -20,6 +20,7 @@ import asyncio
 import concurrent.futures
 import ctypes
 import fcntl
+import functools
 import os
 import queue
 import socket
@@ -157,13 +158,33 @@ class NetnsWorker:
             future.add_done_callback(_close_orphan)
             raise
 
-    async def listen(self, ns: PodNetns, **kwargs: Any) -> socket.socket:
+    async def listen(
+        self,
+        ns: PodNetns,
+        *,
+        host: str,
+        port: int,
+        mark: int | None = PROXY_MARK,
+        transparent: bool = False,
+        reuse: bool = True,
+        backlog: int = 1024,
+    ) -> socket.socket:
         """``listen_in_netns`` on this worker, awaitable."""
-        return await self.run(ns, _make_listener, ns, kwargs)
+        job = functools.partial(
+            _make_listener, ns, host=host, port=port, mark=mark, transparent=transparent, reuse=reuse, backlog=backlog
+        )
+        return await self.run(ns, job)
 
-    async def connect_socket(self, ns: PodNetns, **kwargs: Any) -> socket.socket:
+    async def connect_socket(
+        self,
+        ns: PodNetns,
+        *,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        mark: int | None = PROXY_MARK,
+        bind_ip: str | None = None,
+    ) -> socket.socket:
         """``connect_socket_in_netns`` on this worker, awaitable."""
-        return await self.run(ns, _make_connector, ns, kwargs)
+        return await self.run(ns, functools.partial(_make_connector, ns, family=family, mark=mark, bind_ip=bind_ip))
 
     def close(self, timeout: float = 5.0) -> None:
         """Finish queued jobs and stop the thread."""
@@ -272,10 +293,12 @@ def listen_in_netns(
     """A TCP socket bound to ``host:port`` inside ``ns``, listening, non-blocking, with SO_MARK
     ``mark`` (None: unmarked). Blocks the calling thread briefly; from a coroutine use
     ``await worker.listen(ns, host=..., port=...)``."""
-    kwargs = {"host": host, "port": port, "mark": mark, "transparent": transparent, "reuse": reuse, "backlog": backlog}
+    job = functools.partial(
+        _make_listener, ns, host=host, port=port, mark=mark, transparent=transparent, reuse=reuse, backlog=backlog
+    )
     if worker is not None:
-        return worker.call(ns, _make_listener, ns, kwargs)
-    return _in_fresh_thread(ns, _make_listener, ns, kwargs)
+        return worker.call(ns, job)
+    return _in_fresh_thread(ns, job)
 
 
 def connect_socket_in_netns(
@@ -289,40 +312,40 @@ def connect_socket_in_netns(
     """An unconnected, non-blocking TCP socket made inside ``ns`` with SO_MARK ``mark``,
     optionally bound to ``bind_ip`` (e.g. the pod's IP) with a port chosen at connect time.
     Connect it anywhere, e.g. ``await loop.sock_connect(sock, addr)``: it routes in ``ns``."""
-    kwargs = {"family": family, "mark": mark, "bind_ip": bind_ip}
+    job = functools.partial(_make_connector, ns, family=family, mark=mark, bind_ip=bind_ip)
     if worker is not None:
-        return worker.call(ns, _make_connector, ns, kwargs)
-    return _in_fresh_thread(ns, _make_connector, ns, kwargs)
+        return worker.call(ns, job)
+    return _in_fresh_thread(ns, job)
 
 
-def _make_listener(ns: PodNetns, kw: dict) -> socket.socket:
-    host, port = kw["host"], kw["port"]
+def _make_listener(
+    ns: PodNetns, *, host: str, port: int, mark: int | None, transparent: bool, reuse: bool, backlog: int
+) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
-        if kw["reuse"]:
+        if reuse:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if kw["mark"] is not None:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, kw["mark"])
-        if kw["transparent"]:
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
+        if transparent:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.SOL_IPV6, IPV6_TRANSPARENT, 1)
             else:
                 sock.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
         sock.bind((host, port))
-        sock.listen(kw["backlog"])
+        sock.listen(backlog)
     except OSError as exc:
         sock.close()
         raise NetnsError(f"cannot listen on {_hostport(host, port)} in {ns.path}: {exc.strerror or exc}") from exc
     return sock
 
 
-def _make_connector(ns: PodNetns, kw: dict) -> socket.socket:
-    family, bind_ip = kw["family"], kw["bind_ip"]
+def _make_connector(ns: PodNetns, *, family: socket.AddressFamily | int, mark: int | None, bind_ip: str | None) -> socket.socket:
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
     try:
-        if kw["mark"] is not None:
-            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, kw["mark"])
+        if mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, SO_MARK, mark)
         if bind_ip is not None:
             # pick the source port at connect(), per destination: no ephemeral-port exhaustion
             sock.setsockopt(socket.SOL_IP, IP_BIND_ADDRESS_NO_PORT, 1)
