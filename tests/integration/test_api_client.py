@@ -373,5 +373,5 @@ def test_node_status_and_raw_watch_events(core):
     core.create_node({"metadata": {"name": "node-9"}})
     core.patch_node_status("node-9", {"status": {"conditions": [{"type": "Ready", "status": "True"}], "addresses": [{"type": "InternalIP", "address": "10.207.0.19"}]}})
     events = list(watch.Watch().stream(core.list_node, resource_version=rv, timeout_seconds=1, deserialize=False))
-    assert [(e["type"], e["raw_object"]["metadata"]["name"]) for e in events] == [("ADDED", "node-9"), ("MODIFIED", "node-9")]
-    assert events[1]["raw_object"]["status"]["addresses"] == [{"type": "InternalIP", "address": "10.207.0.19"}]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in events] == [("ADDED", "node-9"), ("MODIFIED", "node-9")]
+    assert events[1]["object"]["status"]["addresses"] == [{"type": "InternalIP", "address": "10.207.0.19"}]
