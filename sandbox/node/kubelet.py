@@ -293,15 +293,27 @@ class Kubelet:
         self.runtime.shutdown(teardown=False, timeout=5)
 
 
-def main(cfg: SandboxConfig, node: str, index: int) -> int:
-    switched = ensure_host_mount_namespace()  # first: it needs a single-threaded process
+def node_api_client(cfg: SandboxConfig):
+    """The admin client aimed at the API's address on the bridge (127.0.0.1 is the node's own).
+
+    The kubeconfig loader installs a refresh hook that re-applies the kubeconfig's server on every
+    request; with a static token nothing needs refreshing, so the hook is dropped to keep the
+    override."""
     from sandbox.kube import api_client
 
+    client = api_client(cfg, server=cfg.api_url_nodes)
+    client.configuration.refresh_api_key_hook = None
+    client.configuration.host = cfg.api_url_nodes
+    return client
+
+
+def main(cfg: SandboxConfig, node: str, index: int) -> int:
+    switched = ensure_host_mount_namespace()  # first: it needs a single-threaded process
     logging.basicConfig(level=os.environ.get("AMBIT_LOG_LEVEL", "INFO").upper(),
                         format=f"%(asctime)s kubelet[{node}] %(levelname)s %(name)s: %(message)s")
     if switched:
         log.info("joined the parent's mount namespace (started through ip netns exec)")
-    kubelet = Kubelet(cfg, node=node, index=index, api_client=api_client(cfg, server=cfg.api_url_nodes))
+    kubelet = Kubelet(cfg, node=node, index=index, api_client=node_api_client(cfg))
 
     def on_signal(signum, _frame) -> None:
         log.info("signal %d: stopping (pods keep running)", signum)
