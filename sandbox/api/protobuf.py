@@ -111,14 +111,22 @@ def _fields(buf: bytes) -> list[tuple[int, int, Any]]:
             if pos + length > len(buf):
                 raise ProtobufError("truncated length-delimited field")
             value, pos = buf[pos : pos + length], pos + length
-        elif wire == 1:
-            value, pos = buf[pos : pos + 8], pos + 8
-        elif wire == 5:
-            value, pos = buf[pos : pos + 4], pos + 4
+        elif wire in (1, 5):
+            size = 8 if wire == 1 else 4
+            if pos + size > len(buf):
+                raise ProtobufError("truncated fixed-width field")
+            value, pos = buf[pos : pos + size], pos + size
         else:
             raise ProtobufError(f"unsupported wire type {wire} for field {num}")
         out.append((num, wire, value))
     return out
+
+
+def _text(value: bytes, where: str) -> str:
+    try:
+        return value.decode()
+    except UnicodeDecodeError as exc:
+        raise ProtobufError(f"{where}: not valid UTF-8") from exc
 
 
 def _signed(v: int) -> int:
@@ -132,7 +140,7 @@ def _scalar(typ: str, wire: int, value: Any, where: str) -> Any:
     elif wire != 0:
         raise ProtobufError(f"{where}: expected a varint")
     if typ == "s":
-        return value.decode()
+        return _text(value, where)
     if typ == "y":
         return base64.b64encode(value).decode()
     if typ == "b":
@@ -140,17 +148,19 @@ def _scalar(typ: str, wire: int, value: Any, where: str) -> Any:
     if typ in ("i", "z"):
         return _signed(value)
     if typ == "Q":
-        return next((v.decode() for n, _, v in _fields(value) if n == 1), "0")
+        return next((_text(v, where) for n, _, v in _fields(value) if n == 1 and isinstance(v, bytes)), "0")
     if typ == "T":
-        secs = next((_signed(v) for n, _, v in _fields(value) if n == 1), 0)
+        secs = next((_signed(v) for n, w, v in _fields(value) if n == 1 and w == 0), 0)
         if not secs:
             return None
         return datetime.fromtimestamp(secs, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
     if typ == "I":
         parts = {n: v for n, _, v in _fields(value)}
         if parts.get(1, 0) == 1:
-            return parts.get(3, b"").decode()
-        return _signed(parts.get(2, 0))
+            text = parts.get(3, b"")
+            return _text(text, where) if isinstance(text, bytes) else str(text)
+        number = parts.get(2, 0)
+        return _signed(number) if isinstance(number, int) else 0
     return decode_message(typ, value)
 
 
@@ -170,9 +180,13 @@ def decode_message(name: str, buf: bytes) -> dict[str, Any]:
         repeated = typ.endswith("*")
         base = typ.rstrip("*")
         if base.startswith("m:"):
+            if wire != 2:
+                raise ProtobufError(f"{where}: expected a length-delimited map entry")
             entry = {n: v for n, _, v in _fields(value)}
-            mkey = entry.get(1, b"").decode()
-            out.setdefault(key, {})[mkey] = _scalar(base[2:].upper() if base[2:] == "q" else base[2:], 2, entry.get(2, b""), where)
+            mkey, mval = entry.get(1, b""), entry.get(2, b"")
+            if not isinstance(mkey, bytes) or not isinstance(mval, bytes):
+                raise ProtobufError(f"{where}: malformed map entry")
+            out.setdefault(key, {})[_text(mkey, where)] = _scalar(base[2:].upper() if base[2:] == "q" else base[2:], 2, mval, where)
             continue
         decoded = _scalar(base, wire, value, where)
         if repeated:
@@ -200,6 +214,8 @@ def decode_object(body: bytes) -> dict[str, Any]:
         raise ProtobufError("a Kubernetes protobuf body must start with the k8s\\0 magic")
     unknown = decode_message("Unknown", body[len(MAGIC):])
     meta = unknown.get("typeMeta") or {}
+    if not isinstance(meta, dict):
+        raise ProtobufError("malformed runtime.Unknown envelope")
     kind = meta.get("kind", "")
     if kind not in SCHEMAS:
         raise ProtobufError(f"the sandbox API cannot decode {kind or 'this kind'} from protobuf")
