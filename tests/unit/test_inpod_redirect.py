@@ -1,6 +1,7 @@
 """The pure part of in-pod redirection: the rules, restore input, iptables-save parsing, assessment."""
 from __future__ import annotations
 
+import ipaddress
 import socket
 import struct
 import sys
@@ -284,7 +285,8 @@ def test_parse_sockaddr_in(ip, port):
 
 @given(st.ip_addresses(v=6), st.integers(0, 65535))
 def test_parse_sockaddr_in6(ip, port):
-    assert parse_sockaddr(sockaddr_in6(str(ip), port)) == (str(ip), port)
+    text, parsed_port = parse_sockaddr(sockaddr_in6(str(ip), port))
+    assert (ipaddress.ip_address(text), parsed_port) == (ip, port)  # '::ffff:0:0' is '::ffff:0.0.0.0'
 
 
 @given(st.binary(max_size=40))
