@@ -37,6 +37,10 @@ class CniError(NodeError):
         super().__init__(text)
 
 
+class KubeProxyError(NodeError):
+    """Applying a node's service rules with iptables failed."""
+
+
 class ContainerError(NodeError):
     """A container could not be configured or started (bad env reference, missing command)."""
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from sandbox.node.errors import NodeError
+from sandbox.node.errors import KubeProxyError
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +49,6 @@ HOOKS: tuple[tuple[str, str, tuple[str, ...], str], ...] = (
     ("filter", "OUTPUT", ("-m", "conntrack", "--ctstate", "NEW"), SERVICES_CHAIN),
 )
 HOOK_COMMENT = "ambit kube-proxy service portals"
-
-
-class KubeProxyError(NodeError):
-    """Applying service rules failed."""
 
 
 @dataclass(frozen=True)

@@ -187,7 +187,8 @@ class PodWorker:
             previous_counts[cs.get("name")] = int(cs.get("restartCount") or 0) + (1 if ran else 0)
         self.containers = [_Container(c, restart_count=previous_counts.get(c.get("name"), 0))
                            for c in spec.get("containers") or []]
-        self.sandbox = SandboxView(host_ip=runtime.host_ip, start_time=now_rfc3339())
+        self.sandbox = SandboxView(host_ip=runtime.host_ip,
+                                   start_time=(pod.get("status") or {}).get("startTime") or now_rfc3339())
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._delete = False
@@ -429,8 +430,8 @@ class PodWorker:
         if c.readiness is not None and c.readiness.due(now):
             ok, msg = run_probe(c.readiness.probe, exec_fn=self._exec_fn(c))
             c.readiness.record(ok, time.monotonic(), msg)
-            if not ok and msg:
-                log.debug("pod %s: container %s readiness: %s", self.ref, c.name, msg)
+            if not ok and msg and time.monotonic() - c.started_mono > c.readiness.probe.initial_delay + 1:
+                self._event("Warning", "Unhealthy", f"Readiness probe failed: {msg}")
             c.view.ready = c.readiness.ok
 
     def _exec_fn(self, c: _Container):
