@@ -36,6 +36,7 @@ from node_agent.proxy.tunnel import ResponseDecoder, Status, TunnelHeader, encod
 
 NOW = dt.datetime.now(dt.timezone.utc)
 VIP = ("10.96.0.10", 80)
+GREETER_VIP = ("10.96.0.20", 80)
 TD = "cluster.local"
 
 
@@ -162,12 +163,16 @@ class Mesh:
     async def __aenter__(self) -> Mesh:
         self.app = await asyncio.start_server(self._echo, CART.ip, 0)
         self.app_port = self.app.sockets[0].getsockname()[1]
+        self.greeted: list[bytes] = []
+        self.greeter = await asyncio.start_server(self._greet, CART.ip, 0)
+        greeter_port = self.greeter.sockets[0].getsockname()[1]
         self.tunnel_port = _free_port(CART.ip)
         settings = ProxySettings(tunnel_port=self.tunnel_port, connect_timeout=2.0, handshake_timeout=2.0)
         endpoints = tuple(Endpoint(self.expected or w, self.app_port) for w in self.endpoint_workloads)
         service = ServiceTarget(name="cart", namespace="shop", hostname="cart.shop.svc.cluster.local",
                                 vip=VIP[0], port=VIP[1])
         resolver = Resolver({VIP: MeshRoute(endpoints=endpoints, service=service),
+                             GREETER_VIP: MeshRoute(endpoints=(Endpoint(CART, greeter_port),)),
                              ("10.96.0.99", 80): MeshRoute(endpoints=(), service=None)}, [WEB, CART])
         self.node1_sockets = HostSocketFactory()
         node2_sockets = HostSocketFactory()
@@ -194,8 +199,9 @@ class Mesh:
     async def __aexit__(self, *exc: object) -> None:
         for listener in (self.outbound, self.inbound, self.plaintext):
             await listener.stop(drain=1.0)
-        self.app.close()
-        await self.app.wait_closed()
+        for server in (self.app, self.greeter):
+            server.close()
+            await server.wait_closed()
 
     @staticmethod
     async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -209,6 +215,13 @@ class Mesh:
             pass
         finally:
             writer.close()
+
+    async def _greet(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """Speaks first and half-closes at once; then reads what the client still sends."""
+        writer.write(b"hello")
+        writer.write_eof()
+        self.greeted.append(await reader.read())
+        writer.close()
 
     @property
     def out_records(self) -> Observed:
@@ -448,5 +461,46 @@ def test_inbound_plaintext_reaches_the_app() -> None:
             ((record, result),) = await mesh.in_records.wait_closed(1)
             assert record.listener == "inbound_plaintext" and record.security_policy == "none"
             assert record.destination == CART and result.from_client == 2
+
+    run(main())
+
+
+def test_server_side_half_close_crosses_the_tunnel() -> None:
+    async def main() -> None:
+        async with Mesh() as mesh:
+            mesh.dst = GREETER_VIP
+            reader, writer = await mesh.connect()
+            assert await reader.read() == b"hello"  # the app's EOF arrived as EOF ...
+            writer.write(b"still talking")  # ... while our direction stays open
+            writer.write_eof()
+            ((record, result),) = await mesh.out_records.wait_closed(1)
+            writer.close()
+            async with asyncio.timeout(5):
+                while not mesh.greeted:
+                    await asyncio.sleep(0.01)
+            assert mesh.greeted == [b"still talking"]
+            assert result.end is PumpEnd.COMPLETE and (result.from_client, result.from_server) == (13, 5)
+
+    run(main())
+
+
+def test_stop_drains_then_aborts_open_connections() -> None:
+    async def main() -> None:
+        async with Mesh() as mesh:
+            reader, writer = await mesh.connect()
+            writer.write(b"x")
+            assert await reader.readexactly(1) == b"x"
+            assert len(mesh.node1.registry) == 1 and len(mesh.node2.registry) == 1
+            dump = mesh.node1.registry.dump()
+            assert dump[0]["destination_principal"] == CART.identity.uri and dump[0]["age_seconds"] >= 0
+            await mesh.outbound.stop(drain=0.2)  # the idle connection does not finish: aborted
+            await closed_without_data(reader)
+            writer.close()
+            ((record, result),) = await mesh.out_records.wait_closed(1)
+            assert result.end is PumpEnd.ABORTED and result.from_client == 1
+            await mesh.in_records.wait_closed(1)  # the far side saw the tunnel go and closed too
+            assert len(mesh.node1.registry) == 0 and len(mesh.node2.registry) == 0
+            assert mesh.outbound.open_connections == 0
+        assert [t for t in asyncio.all_tasks() if t.get_name().startswith("ambit-")] == []
 
     run(main())
