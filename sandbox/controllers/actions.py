@@ -13,7 +13,7 @@ from sandbox.controllers.objects import Kind, OwnerReference
 PatchType = Literal["merge", "strategic", "json"]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Create:
     kind: Kind
     namespace: str
@@ -28,7 +28,7 @@ class Create:
         return f"create {self.kind} {_ref(self.namespace, self.name)} ({self.why})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Patch:
     kind: Kind
     namespace: str
@@ -45,7 +45,7 @@ class Patch:
         return f"patch {target} ({self.why})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Delete:
     kind: Kind
     namespace: str
@@ -61,7 +61,7 @@ class Delete:
         return f"delete {self.kind} {_ref(self.namespace, self.name)} ({self.why})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Requeue:
     """Run this key's reconcile again after ``after`` seconds even if nothing changes
     (e.g. a pod that becomes available once minReadySeconds have passed)."""

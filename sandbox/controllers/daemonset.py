@@ -59,8 +59,8 @@ _DAEMON_TOLERATIONS = (
 def reconcile(
     ds: Workload,
     pods: Iterable[Pod],
-    nodes: Iterable[Node],
     *,
+    nodes: Iterable[Node],
     now: datetime,
     suffix: Callable[[], str] = random_suffix,
 ) -> list[Action]:
@@ -159,7 +159,7 @@ class DaemonSetController:
     name = "daemonset"
     kinds: tuple[Kind, ...] = ("DaemonSet", "Pod", "Node")
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[tuple[str, str]]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         if kind == "DaemonSet":
             return ((namespace_of(obj), name_of(obj)),)
         if kind == "Node":
@@ -170,7 +170,7 @@ class DaemonSetController:
         return ()
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
-        ds = store.get("DaemonSet", *key)
+        ds = store.get("DaemonSet", key)
         if ds is None:
             return []
-        return reconcile(ds, store.list("Pod", key[0]), store.list("Node"), now=now)
+        return reconcile(ds, store.list("Pod", key[0]), nodes=store.list("Node"), now=now)

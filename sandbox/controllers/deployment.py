@@ -50,7 +50,8 @@ def reconcile(deploy: Workload, replicasets: Iterable[Workload], *, now: datetim
         return []
     spec = deploy.get("spec") or {}
     owned = sorted((rs for rs in replicasets if is_controlled_by(rs, deploy)), key=creation_order)
-    h = template_hash(spec.get("template") or {}, collision_count=int((deploy.get("status") or {}).get("collisionCount") or 0))
+    collisions = int((deploy.get("status") or {}).get("collisionCount") or 0)
+    h = template_hash(spec.get("template") or {}, collision_count=collisions)
     new = next((rs for rs in owned if labels_of(rs).get(HASH_LABEL) == h and not is_deleting(rs)), None)
     olds = [rs for rs in owned if rs is not new]
     desired = int(spec.get("replicas", 1))
@@ -139,8 +140,9 @@ def _rolling_step(new: Workload, olds: list[Workload], *, desired: int, surge: i
         targets[uid_of(rs)] -= cut
         allowed -= cut
     for rs in olds:
-        if targets[uid_of(rs)] != _replicas(rs):
-            actions.append(_scale(rs, targets[uid_of(rs)], why=f"rolling update: old replicas {_replicas(rs)} -> {targets[uid_of(rs)]}"))
+        target, was = targets[uid_of(rs)], _replicas(rs)
+        if target != was:
+            actions.append(_scale(rs, target, why=f"rolling update: old replicas {was} -> {target}"))
     return actions
 
 
@@ -200,8 +202,8 @@ def _status(deploy: Workload, *, new: Workload | None, olds: list[Workload], new
     else:
         prog = ("True", "ReplicaSetUpdated", f'ReplicaSet "{new_name}" is progressing.')
     status["conditions"] = [
-        _condition(deploy, "Available", *avail, now=now),
-        _condition(deploy, "Progressing", *prog, now=now),
+        _condition(deploy, "Available", verdict=avail, now=now),
+        _condition(deploy, "Progressing", verdict=prog, now=now),
     ]
     current = deploy.get("status") or {}
     same = all(int(current.get(k) or 0) == v for k, v in status.items() if k != "conditions") and _same_conditions(
@@ -215,7 +217,9 @@ def _status(deploy: Workload, *, new: Workload | None, olds: list[Workload], new
     ]
 
 
-def _condition(obj: Workload, ctype: str, status: str, reason: str, message: str, *, now: datetime) -> dict:
+def _condition(obj: Workload, ctype: str, *, verdict: tuple[str, str, str], now: datetime) -> dict:
+    """A condition of ``ctype`` with (status, reason, message), keeping timestamps that still hold."""
+    status, reason, message = verdict
     old = condition(obj, ctype) or {}
     unchanged = old.get("status") == status and old.get("reason") == reason and old.get("message") == message
     stamp = format_time(now)
@@ -230,7 +234,10 @@ def _condition(obj: Workload, ctype: str, status: str, reason: str, message: str
 
 
 def _same_conditions(old: list[dict], new: list[dict]) -> bool:
-    proj = lambda cs: sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in cs)  # noqa: E731
+    """Equal but for timestamps (rewriting only timestamps would loop on our own events)."""
+    def proj(conds: list[dict]) -> list[tuple]:
+        return sorted((c.get("type"), c.get("status"), c.get("reason"), c.get("message")) for c in conds)
+
     return proj(old) == proj(new)
 
 
@@ -316,7 +323,7 @@ class DeploymentController:
     name = "deployment"
     kinds: tuple[Kind, ...] = ("Deployment", "ReplicaSet")
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[tuple[str, str]]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         if kind == "Deployment":
             return ((namespace_of(obj), name_of(obj)),)
         ref = controller_ref(obj)
@@ -325,7 +332,7 @@ class DeploymentController:
         return ()
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
-        deploy = store.get("Deployment", *key)
+        deploy = store.get("Deployment", key)
         if deploy is None:
             return []
         return reconcile(deploy, store.list("ReplicaSet", key[0]), now=now)

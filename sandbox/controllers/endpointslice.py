@@ -50,7 +50,7 @@ PortList = tuple[tuple[str, int, str, str], ...]
 """(name, port, protocol, appProtocol) per Service port that resolved"""
 
 
-def reconcile(service: Service, pods: Iterable[Pod], slices: Iterable[EndpointSlice]) -> list[Action]:
+def reconcile(service: Service, pods: Iterable[Pod], *, slices: Iterable[EndpointSlice]) -> list[Action]:
     """``pods`` and ``slices``: those of the Service's namespace (others are ignored)."""
     if is_deleting(service):
         return []
@@ -60,11 +60,12 @@ def reconcile(service: Service, pods: Iterable[Pod], slices: Iterable[EndpointSl
         return [_delete(s, why="service has no selector") for s in ours]
 
     groups: dict[PortList, list[dict]] = {}
+    publish_not_ready = bool(spec.get("publishNotReadyAddresses"))
     for pod in sorted(pods, key=name_of):
         if namespace_of(pod) != namespace_of(service) or not _serves(pod, spec["selector"]):
             continue
         ports = _resolve_ports(spec.get("ports") or [], pod)
-        groups.setdefault(ports, []).append(_endpoint(pod, publish_not_ready=bool(spec.get("publishNotReadyAddresses"))))
+        groups.setdefault(ports, []).append(_endpoint(pod, publish_not_ready=publish_not_ready))
     if not groups:
         groups[()] = []
 
@@ -180,7 +181,8 @@ def _labels(service: Service) -> dict[str, str]:
     return labels
 
 
-def _slice(service: Service, sig: PortList, *, labels: dict[str, str], endpoints: list[dict], ports: list[dict]) -> dict:
+def _slice(service: Service, sig: PortList, *, labels: dict[str, str], endpoints: list[dict],
+           ports: list[dict]) -> dict:
     seed = uid_of(service) + json.dumps(sig)
     return {
         "apiVersion": "discovery.k8s.io/v1",
@@ -229,7 +231,7 @@ class EndpointSliceController:
     name = "endpointslice"
     kinds: tuple[Kind, ...] = ("Service", "Pod", "EndpointSlice")
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[tuple[str, str]]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         ns = namespace_of(obj)
         if kind == "Service":
             return ((ns, name_of(obj)),)
@@ -241,7 +243,7 @@ class EndpointSliceController:
         return [(ns, name_of(s)) for s in store.list("Service", ns) if (s.get("spec") or {}).get("selector")]
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
-        service = store.get("Service", *key)
+        service = store.get("Service", key)
         if service is None:
             return []
-        return reconcile(service, store.list("Pod", key[0]), store.list("EndpointSlice", key[0]))
+        return reconcile(service, store.list("Pod", key[0]), slices=store.list("EndpointSlice", key[0]))

@@ -99,7 +99,7 @@ class GarbageCollector:
     name = "garbagecollector"
     kinds: tuple[Kind, ...] = tuple(dict.fromkeys(OWNER_KINDS + DEPENDENT_KINDS))
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[str]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[str]:
         if etype == "DELETED" or meta(obj).get("ownerReferences") or is_deleting(obj):
             return (CLUSTER_KEY,)
         return ()

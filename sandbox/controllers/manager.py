@@ -102,7 +102,7 @@ class ControllerManager:
     def _handler(self, kind: Kind) -> Callable[[str, dict], None]:
         def on_event(etype: str, obj: dict) -> None:
             for loop in self.loops:
-                loop.on_event(kind, etype, obj)
+                loop.on_event(kind, obj, etype=etype)
 
         return on_event
 

@@ -165,7 +165,7 @@ class ReplicaSetController:
     name = "replicaset"
     kinds: tuple[Kind, ...] = ("ReplicaSet", "Pod")
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[tuple[str, str]]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         if kind == "ReplicaSet":
             return ((namespace_of(obj), name_of(obj)),)
         ref = controller_ref(obj)
@@ -174,7 +174,7 @@ class ReplicaSetController:
         return ()
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
-        rs = store.get("ReplicaSet", *key)
+        rs = store.get("ReplicaSet", key)
         if rs is None:
             return []
         return reconcile(rs, store.list("Pod", key[0]), now=now)

@@ -30,7 +30,7 @@ class Controller(Protocol):
     name: str
     kinds: tuple[Kind, ...]
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[Hashable]: ...
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[Hashable]: ...
 
     def sync(self, key: Hashable, store: Store, *, now: datetime) -> list[Action]: ...
 
@@ -57,8 +57,8 @@ class Cache:
         items = self._values(kind)
         return items if namespace is None else [o for o in items if namespace_of(o) == namespace]
 
-    def get(self, kind: Kind, namespace: str, name: str) -> dict | None:
-        return self._reflectors[kind].store.get((namespace, name))
+    def get(self, kind: Kind, key: tuple[str, str]) -> dict | None:
+        return self._reflectors[kind].store.get(key)
 
     def _values(self, kind: Kind) -> list[dict]:
         store = self._reflectors[kind].store
@@ -71,18 +71,18 @@ class Cache:
 
 
 # ---- expectations --------------------------------------------------------------------------
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class _Expect:
     kind: Kind
     namespace: str
     name: str
     state: Literal["present", "absent", "version"]
-    uid: str
-    resource_version: str
     deadline: float
+    uid: str = ""
+    resource_version: str = ""
 
     def met(self, store: Store) -> bool:
-        obj = store.get(self.kind, self.namespace, self.name)
+        obj = store.get(self.kind, (self.namespace, self.name))
         if self.state == "present":
             return obj is not None
         if self.state == "absent":
@@ -107,17 +107,20 @@ class Expectations:
         self._lock = threading.Lock()
         self._pending: dict[Hashable, list[_Expect]] = {}
 
-    def expect(self, key: Hashable, action: Action, result: dict | None) -> None:
+    def expect(self, key: Hashable, action: Action, *, result: dict | None) -> None:
         deadline = self._clock() + self._timeout
         if isinstance(action, Create):
-            e = _Expect(action.kind, action.namespace, action.name, "present", "", "", deadline)
+            e = _Expect(kind=action.kind, namespace=action.namespace, name=action.name, state="present",
+                        deadline=deadline)
         elif isinstance(action, Delete):
-            e = _Expect(action.kind, action.namespace, action.name, "absent", action.uid, "", deadline)
+            e = _Expect(kind=action.kind, namespace=action.namespace, name=action.name, state="absent",
+                        uid=action.uid, deadline=deadline)
         elif isinstance(action, Patch) and result:
             rv = (result.get("metadata") or {}).get("resourceVersion") or ""
             if not rv:
                 return
-            e = _Expect(action.kind, action.namespace, action.name, "version", "", rv, deadline)
+            e = _Expect(kind=action.kind, namespace=action.namespace, name=action.name, state="version",
+                        resource_version=rv, deadline=deadline)
         else:
             return
         with self._lock:
@@ -175,17 +178,17 @@ class ControllerLoop:
     def name(self) -> str:
         return self.controller.name
 
-    def on_event(self, kind: Kind, etype: str, obj: dict) -> None:
+    def on_event(self, kind: Kind, obj: dict, *, etype: str) -> None:
         if kind not in self.controller.kinds:
             return
-        for key in self.controller.keys_for(kind, etype, obj, self.store):
+        for key in self.controller.keys_for(kind, obj, etype=etype, store=self.store):
             self.queue.add(key)
 
     def resync(self) -> None:
         """Enqueue every key the cached objects map to (recovers from anything missed)."""
         for kind in self.controller.kinds:
             for obj in self.store.list(kind):
-                self.on_event(kind, "SYNC", obj)
+                self.on_event(kind, obj, etype="SYNC")
 
     def run(self, stop: threading.Event, *, start: threading.Event) -> None:
         """Worker: waits for ``start`` (every cache synced), then drains the queue until ``stop``."""
@@ -227,7 +230,7 @@ class ControllerLoop:
                                       alive[0].get("kind"), alive[0].get("name"))
                         continue
                 result = self.applier.apply(action)
-                self.expectations.expect(key, action, result)
+                self.expectations.expect(key, action, result=result)
                 self.log.info("%s", action.describe())
         except ConflictError as exc:
             delay = self.queue.retry(key)

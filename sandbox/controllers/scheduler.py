@@ -108,7 +108,8 @@ def _filter(pod: Pod, nodes: list[Node]) -> tuple[list[Node], Counter[str]]:
             reasons["node(s) were not ready"] += 1
         elif (node.get("spec") or {}).get("unschedulable"):
             reasons["node(s) were unschedulable"] += 1
-        elif not map_selector_matches(spec.get("nodeSelector"), labels_of(node)) or not node_affinity_matches(pod, node):
+        elif not (map_selector_matches(spec.get("nodeSelector"), labels_of(node))
+                  and node_affinity_matches(pod, node)):
             reasons["node(s) didn't match Pod's node affinity/selector"] += 1
         elif taints := untolerated_taints(pod, node):
             t = taints[0]
@@ -166,7 +167,7 @@ class Scheduler:
     name = "scheduler"
     kinds: tuple[Kind, ...] = ("Pod", "Node")
 
-    def keys_for(self, kind: Kind, etype: str, obj: dict, store: Store) -> Iterable[str]:
+    def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[str]:
         if kind == "Node":
             return (CLUSTER_KEY,)
         if etype != "DELETED" and not (obj.get("spec") or {}).get("nodeName") and _wants_scheduling(obj):

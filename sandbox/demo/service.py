@@ -3,7 +3,7 @@
 - ``Request``/``Response`` and a route table ``{(method, path): handler}``; unknown paths are 404,
   wrong methods 405, a handler's exception a 500 with the reason in JSON.
 - ``serve(server)`` runs until SIGTERM/SIGINT, then stops accepting and lets requests finish.
-- ``call(addr, method, path)`` is the client: one connection per call, a timeout, JSON back;
+- ``call(addr, path, method=...)`` is the client: one connection per call, a timeout, JSON back;
   ``UpstreamError`` when the peer cannot be reached or does not answer in JSON.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, urlsplit
 Address = tuple[str, int]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Request:
     method: str
     path: str
@@ -84,7 +84,7 @@ def make_server(routes: Routes, *, name: str, host: str = "0.0.0.0", port: int =
                     resp = error(404, f"no such path {url.path}")
             else:
                 try:
-                    resp = route(Request(self.command, url.path, query, body))
+                    resp = route(Request(method=self.command, path=url.path, query=query, body=body))
                 except Exception as exc:  # a bug in a handler must not kill the connection silently
                     log.exception("%s %s failed", self.command, url.path)
                     resp = error(500, f"{type(exc).__name__}: {exc}")
@@ -148,7 +148,7 @@ class UpstreamError(Exception):
     """The upstream could not be reached, or its answer was not JSON."""
 
 
-def call(addr: Address, method: str, path: str, *, timeout: float = 3.0) -> tuple[int, Any]:
+def call(addr: Address, path: str, *, method: str = "GET", timeout: float = 3.0) -> tuple[int, Any]:
     """One request to ``addr``; returns (status, decoded JSON body)."""
     host, port = addr
     conn = http.client.HTTPConnection(host, port, timeout=timeout)

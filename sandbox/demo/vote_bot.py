@@ -63,7 +63,7 @@ def run(
         choice = rng.choice(choices)
         tally.sent += 1
         try:
-            status, body = call(web.address(), "GET", f"/api/vote?choice={quote(choice)}")
+            status, body = call(web.address(), f"/api/vote?choice={quote(choice)}")
         except Unresolved as exc:
             tally.fail("unresolved")
             log.warning("vote %s -> %s", choice, exc)

@@ -56,14 +56,14 @@ class Web:
         self.emoji = emoji
         self.voting = voting
 
-    def _ask(self, upstream: Upstream, method: str, path: str) -> tuple[int, Any] | Response:
+    def _ask(self, upstream: Upstream, path: str, *, method: str = "GET") -> tuple[int, Any] | Response:
         """The upstream's (status, body), or the error response to give our client."""
         try:
             addr = upstream.address()
         except Unresolved as exc:
             return error(503, f"the {upstream.service} service's address is unknown: {exc}; retrying")
         try:
-            return call(addr, method, path)
+            return call(addr, path, method=method)
         except UpstreamError as exc:
             return error(502, f"{upstream.service} service unreachable: {exc}")
 
@@ -71,7 +71,7 @@ class Web:
         return Response(200, PAGE, content_type="text/html")
 
     def list(self, _: Request) -> Response:
-        got = self._ask(self.emoji, "GET", "/api/list")
+        got = self._ask(self.emoji, "/api/list")
         if isinstance(got, Response):
             return got
         status, body = got
@@ -82,7 +82,7 @@ class Web:
         choice = req.query.get("choice", "")
         if not choice:
             return error(400, "missing ?choice=, e.g. /api/vote?choice=:joy:")
-        got = self._ask(self.emoji, "GET", f"/api/find?shortcode={quote(choice)}")
+        got = self._ask(self.emoji, f"/api/find?shortcode={quote(choice)}")
         if isinstance(got, Response):
             return got
         status, found = got
@@ -90,7 +90,7 @@ class Web:
             return error(404, f"no emoji {choice}")
         if status != 200:
             return error(502, f"emoji service answered {status}: {_reason(found)}")
-        got = self._ask(self.voting, "POST", f"/api/vote?shortcode={quote(choice)}")
+        got = self._ask(self.voting, f"/api/vote?shortcode={quote(choice)}", method="POST")
         if isinstance(got, Response):
             return got
         status, voted = got
@@ -100,13 +100,13 @@ class Web:
         return Response(200, {"choice": choice, "unicode": found.get("unicode"), "votes": voted.get("votes")})
 
     def leaderboard(self, _: Request) -> Response:
-        got = self._ask(self.voting, "GET", "/api/results")
+        got = self._ask(self.voting, "/api/results")
         if isinstance(got, Response):
             return got
         status, results = got
         if status != 200:
             return error(502, f"voting service answered {status}: {_reason(results)}")
-        got = self._ask(self.emoji, "GET", "/api/list")
+        got = self._ask(self.emoji, "/api/list")
         if isinstance(got, Response):
             return got
         status, emoji = got

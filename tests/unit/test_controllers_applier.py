@@ -83,7 +83,7 @@ def test_create_pod_posts_the_body(api, applier):
                          "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web-abc",
                                               "uid": "u1", "controller": True, "blockOwnerDeletion": True}]},
             "spec": {"containers": [{"name": "web", "image": "i", "ports": [{"name": "http", "containerPort": 8080}]}]}}
-    result = applier.apply(Create("Pod", "demo", body, "scale up"))
+    result = applier.apply(Create(kind="Pod", namespace="demo", body=body, why="scale up"))
     [req] = api.requests
     assert (req["method"], req["path"]) == ("POST", "/api/v1/namespaces/demo/pods")
     assert req["body"] == body
@@ -96,23 +96,27 @@ def test_create_endpointslice_keeps_false_conditions(api, applier):
             "endpoints": [{"addresses": ["10.210.1.5"], "conditions": {"ready": False, "serving": False,
                                                                       "terminating": False}}],
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}]}
-    applier.apply(Create("EndpointSlice", "demo", body, "x"))
+    applier.apply(Create(kind="EndpointSlice", namespace="demo", body=body, why="x"))
     [req] = api.requests
     assert req["path"] == "/apis/discovery.k8s.io/v1/namespaces/demo/endpointslices"
     assert req["body"]["endpoints"][0]["conditions"] == {"ready": False, "serving": False, "terminating": False}
 
 
+def patch(kind, ns, name, body, **kw):
+    return Patch(kind=kind, namespace=ns, name=name, body=body, why="x", **kw)
+
+
 @pytest.mark.parametrize(
     "action,path,content_type",
     [
-        pytest.param(Patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 3}}, "scale"),
+        pytest.param(patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 3}}),
                      "/apis/apps/v1/namespaces/demo/replicasets/web-abc", "application/merge-patch+json", id="merge"),
-        pytest.param(Patch("Deployment", "demo", "web", {"status": {"replicas": 2}}, "status", subresource="status"),
+        pytest.param(patch("Deployment", "demo", "web", {"status": {"replicas": 2}}, subresource="status"),
                      "/apis/apps/v1/namespaces/demo/deployments/web/status", "application/merge-patch+json",
                      id="status-subresource"),
-        pytest.param(Patch("Pod", "demo", "p", {"metadata": {"labels": {"a": "b"}}}, "x", patch_type="strategic"),
+        pytest.param(patch("Pod", "demo", "p", {"metadata": {"labels": {"a": "b"}}}, patch_type="strategic"),
                      "/api/v1/namespaces/demo/pods/p", "application/strategic-merge-patch+json", id="strategic"),
-        pytest.param(Patch("DaemonSet", "sys", "agent", [{"op": "remove", "path": "/metadata/labels/a"}], "x",
+        pytest.param(patch("DaemonSet", "sys", "agent", [{"op": "remove", "path": "/metadata/labels/a"}],
                            patch_type="json"),
                      "/apis/apps/v1/namespaces/sys/daemonsets/agent", "application/json-patch+json", id="json"),
     ],
@@ -125,7 +129,7 @@ def test_patch(api, applier, action, path, content_type):
 
 
 def test_delete_sends_uid_precondition_and_propagation(api, applier):
-    applier.apply(Delete("Pod", "demo", "p", "gc", uid="uid-p"))
+    applier.apply(Delete(kind="Pod", namespace="demo", name="p", why="gc", uid="uid-p"))
     [req] = api.requests
     assert (req["method"], req["path"]) == ("DELETE", "/api/v1/namespaces/demo/pods/p")
     assert req["body"]["preconditions"] == {"uid": "uid-p"}
@@ -138,24 +142,24 @@ def test_delete_sends_uid_precondition_and_propagation(api, applier):
 )
 def test_delete_that_is_already_done(api, applier, status, reason):
     api.responses[("DELETE", "/api/v1/namespaces/demo/pods/p")] = (status, status_body(status, reason))
-    assert applier.apply(Delete("Pod", "demo", "p", "x", uid="uid-p")) is None
+    assert applier.apply(Delete(kind="Pod", namespace="demo", name="p", why="x", uid="uid-p")) is None
 
 
 def test_create_of_a_taken_name_is_not_an_error(api, applier):
     api.responses[("POST", "/apis/apps/v1/namespaces/demo/replicasets")] = (409, status_body(409, "AlreadyExists"))
     body = {"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": {"name": "web-abc", "namespace": "demo"},
             "spec": {"selector": {"matchLabels": {"app": "web"}}, "template": {"metadata": {"labels": {"app": "web"}}}}}
-    assert applier.apply(Create("ReplicaSet", "demo", body, "x")) is None
+    assert applier.apply(Create(kind="ReplicaSet", namespace="demo", body=body, why="x")) is None
 
 
 def test_conflict_and_errors(api, applier):
     path = "/apis/apps/v1/namespaces/demo/replicasets/web-abc"
     api.responses[("PATCH", path)] = (409, status_body(409, "Conflict", "the object has been modified"))
     with pytest.raises(ConflictError, match="the object has been modified"):
-        applier.apply(Patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 1}}, "x"))
+        applier.apply(patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 1}}))
     api.responses[("PATCH", path)] = (500, status_body(500, "InternalError", "disk full"))
     with pytest.raises(ApplyError, match="HTTP 500 InternalError: disk full"):
-        applier.apply(Patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 1}}, "x"))
+        applier.apply(patch("ReplicaSet", "demo", "web-abc", {"spec": {"replicas": 1}}))
 
 
 def test_unreachable_api_is_an_apply_error():
@@ -165,7 +169,7 @@ def test_unreachable_api_is_an_apply_error():
     client = k8s.ApiClient(conf)
     try:
         with pytest.raises(ApplyError, match="cannot reach the API server"):
-            Applier(client, timeout=2).apply(Patch("Pod", "demo", "p", {}, "x"))
+            Applier(client, timeout=2).apply(Patch(kind="Pod", namespace="demo", name="p", body={}, why="x"))
     finally:
         client.close()
 

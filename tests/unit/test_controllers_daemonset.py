@@ -47,7 +47,7 @@ def pod(name, node_name, *, h=H, ready=True, phase="Running", created="2024-05-0
 
 def run(daemonset, pods, nodes):
     counter = itertools.count(1)
-    return reconcile(daemonset, pods, nodes, now=NOW, suffix=lambda: f"s{next(counter):04d}")
+    return reconcile(daemonset, pods, nodes=nodes, now=NOW, suffix=lambda: f"s{next(counter):04d}")
 
 
 def created_on(actions):
@@ -159,5 +159,5 @@ def test_node_events_wake_every_daemonset():
         def list(self, kind, namespace=None):
             return [ds()] if kind == "DaemonSet" else []
 
-    keys = DaemonSetController().keys_for("Node", "ADDED", node("node-4"), Store())
+    keys = DaemonSetController().keys_for("Node", node("node-4"), etype="ADDED", store=Store())
     assert list(keys) == [("ambit-system", "agent")]

@@ -217,7 +217,7 @@ def test_replicasets_of_other_deployments_are_ignored():
 
 
 def test_keys_for_replicaset_events_map_to_the_deployment():
-    assert list(DeploymentController().keys_for("ReplicaSet", "MODIFIED", rs(H1, 1), store=None)) == [("demo", "web")]
+    assert list(DeploymentController().keys_for("ReplicaSet", rs(H1, 1), etype="MODIFIED", store=None)) == [("demo", "web")]
 
 
 # ---- a whole rollout, with a stand-in for the ReplicaSet controller and kubelets ------------

@@ -47,7 +47,7 @@ def only_create(actions):
 
 
 def test_slice_for_a_service():
-    body = only_create(reconcile(service(labels={"app": "web"}), [pod("web-1")], []))
+    body = only_create(reconcile(service(labels={"app": "web"}), [pod("web-1")], slices=[]))
     meta = body["metadata"]
     assert meta["name"].startswith("web-") and len(meta["name"]) == len("web-") + 5
     assert meta["namespace"] == "demo"
@@ -65,8 +65,8 @@ def test_slice_for_a_service():
 
 
 def test_slice_name_is_stable_for_the_same_service():
-    a = only_create(reconcile(service(), [pod("web-1")], []))
-    b = only_create(reconcile(service(), [pod("web-2", "10.210.1.6")], []))
+    a = only_create(reconcile(service(), [pod("web-1")], slices=[]))
+    b = only_create(reconcile(service(), [pod("web-2", "10.210.1.6")], slices=[]))
     assert a["metadata"]["name"] == b["metadata"]["name"]
 
 
@@ -82,12 +82,12 @@ def test_slice_name_is_stable_for_the_same_service():
     ],
 )
 def test_endpoint_conditions(p, conditions):
-    [ep] = only_create(reconcile(service(), [p], []))["endpoints"]
+    [ep] = only_create(reconcile(service(), [p], slices=[]))["endpoints"]
     assert ep["conditions"] == conditions
 
 
 def test_publish_not_ready_addresses():
-    [ep] = only_create(reconcile(service(publish_not_ready=True), [pod("p", ready=False)], []))["endpoints"]
+    [ep] = only_create(reconcile(service(publish_not_ready=True), [pod("p", ready=False)], slices=[]))["endpoints"]
     assert ep["conditions"]["ready"] is True
 
 
@@ -102,7 +102,7 @@ def test_publish_not_ready_addresses():
     ],
 )
 def test_pods_left_out(p):
-    body = only_create(reconcile(service(), [p], []))
+    body = only_create(reconcile(service(), [p], slices=[]))
     assert body["endpoints"] == [] and body["ports"] == []
 
 
@@ -125,13 +125,13 @@ def test_resolve_target_port(target, expected):
 
 def test_ports_named_like_the_service_ports():
     ports = [{"name": "web", "port": 80, "targetPort": "http"}, {"name": "admin", "port": 9000, "targetPort": 9001}]
-    body = only_create(reconcile(service(ports=ports), [pod("p", port=8081)], []))
+    body = only_create(reconcile(service(ports=ports), [pod("p", port=8081)], slices=[]))
     assert body["ports"] == [{"name": "web", "port": 8081, "protocol": "TCP"},
                              {"name": "admin", "port": 9001, "protocol": "TCP"}]
 
 
 def test_pods_resolving_a_named_port_differently_get_separate_slices():
-    actions = reconcile(service(), [pod("a", "10.210.1.5", port=8080), pod("b", "10.210.1.6", port=9090)], [])
+    actions = reconcile(service(), [pod("a", "10.210.1.5", port=8080), pod("b", "10.210.1.6", port=9090)], slices=[])
     bodies = sorted((a.body for a in actions), key=lambda b: b["ports"][0]["port"])
     assert [(b["ports"][0]["port"], [e["targetRef"]["name"] for e in b["endpoints"]]) for b in bodies] == \
         [(8080, ["a"]), (9090, ["b"])]
@@ -144,44 +144,44 @@ def _existing(body, name="web-abcde"):
 
 
 def test_unchanged_slice_is_left_alone():
-    body = only_create(reconcile(service(), [pod("a")], []))
-    assert reconcile(service(), [pod("a")], [_existing(body)]) == []
+    body = only_create(reconcile(service(), [pod("a")], slices=[]))
+    assert reconcile(service(), [pod("a")], slices=[_existing(body)]) == []
 
 
 def test_slice_updated_when_a_pod_becomes_ready():
-    body = only_create(reconcile(service(), [pod("a", ready=False)], []))
-    [patch] = reconcile(service(), [pod("a")], [_existing(body)])
+    body = only_create(reconcile(service(), [pod("a", ready=False)], slices=[]))
+    [patch] = reconcile(service(), [pod("a")], slices=[_existing(body)])
     assert isinstance(patch, Patch) and patch.name == "web-abcde"
     assert patch.body["endpoints"][0]["conditions"]["ready"] is True
     assert patch.why == "1/1 endpoints ready"
 
 
 def test_slice_emptied_when_the_last_pod_goes():
-    body = only_create(reconcile(service(), [pod("a")], []))
-    [patch] = reconcile(service(), [], [_existing(body)])
+    body = only_create(reconcile(service(), [pod("a")], slices=[]))
+    [patch] = reconcile(service(), [], slices=[_existing(body)])
     assert isinstance(patch, Patch) and patch.body["endpoints"] == [] and patch.body["ports"] == []
 
 
 def test_slices_of_services_without_selector_are_deleted():
-    body = only_create(reconcile(service(), [pod("a")], []))
-    [delete] = reconcile(service(selector={}), [pod("a")], [_existing(body)])
+    body = only_create(reconcile(service(), [pod("a")], slices=[]))
+    [delete] = reconcile(service(selector={}), [pod("a")], slices=[_existing(body)])
     assert isinstance(delete, Delete) and delete.name == "web-abcde" and delete.uid == "uid-slice"
 
 
 def test_foreign_slices_are_not_touched():
-    body = only_create(reconcile(service(), [pod("a")], []))
+    body = only_create(reconcile(service(), [pod("a")], slices=[]))
     foreign = _existing(body, name="web-manual")
     foreign["metadata"]["labels"] = {SERVICE_NAME_LABEL: "web", MANAGED_BY_LABEL: "someone-else"}
-    actions = reconcile(service(), [pod("a")], [foreign])
+    actions = reconcile(service(), [pod("a")], slices=[foreign])
     assert [type(a) for a in actions] == [Create]
 
 
 def test_external_name_service_gets_no_slice():
-    assert reconcile(service(svc_type="ExternalName"), [pod("a")], []) == []
+    assert reconcile(service(svc_type="ExternalName"), [pod("a")], slices=[]) == []
 
 
 def test_headless_service_label():
-    body = only_create(reconcile(service(cluster_ip="None"), [pod("a")], []))
+    body = only_create(reconcile(service(cluster_ip="None"), [pod("a")], slices=[]))
     assert body["metadata"]["labels"]["service.kubernetes.io/headless"] == ""
 
 
@@ -191,4 +191,4 @@ def test_pod_events_wake_services_of_its_namespace():
             assert (kind, namespace) == ("Service", "demo")
             return [service(), {**service(selector={}), "metadata": {"name": "manual", "namespace": "demo"}}]
 
-    assert list(EndpointSliceController().keys_for("Pod", "MODIFIED", pod("a"), Store())) == [("demo", "web")]
+    assert list(EndpointSliceController().keys_for("Pod", pod("a"), etype="MODIFIED", store=Store())) == [("demo", "web")]

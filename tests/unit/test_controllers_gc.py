@@ -111,4 +111,4 @@ def test_deleting_owner_without_our_finalizers_is_left_alone():
     ],
 )
 def test_events_that_wake_the_collector(etype, o, wakes):
-    assert bool(list(GarbageCollector().keys_for(o["kind"], etype, o, store=None))) is wakes
+    assert bool(list(GarbageCollector().keys_for(o["kind"], o, etype=etype, store=None))) is wakes

@@ -169,7 +169,7 @@ def test_deleting_replicaset_is_left_to_the_garbage_collector():
 
 def test_keys_for_pod_events_map_to_the_owner():
     c = ReplicaSetController()
-    assert list(c.keys_for("Pod", "MODIFIED", pod("a"), store=None)) == [("demo", "web-abc")]
+    assert list(c.keys_for("Pod", pod("a"), etype="MODIFIED", store=None)) == [("demo", "web-abc")]
     orphan = pod("b")
     orphan["metadata"]["ownerReferences"] = []
-    assert list(c.keys_for("Pod", "MODIFIED", orphan, store=None)) == []
+    assert list(c.keys_for("Pod", orphan, etype="MODIFIED", store=None)) == []

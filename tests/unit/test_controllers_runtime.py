@@ -102,8 +102,8 @@ class DictStore:
     def remove(self, kind, ns, name):
         self.objects.pop((kind, ns, name), None)
 
-    def get(self, kind, namespace, name):
-        return self.objects.get((kind, namespace, name))
+    def get(self, kind, key):
+        return self.objects.get((kind, *key))
 
     def list(self, kind, namespace=None):
         return [o for (k, ns, _), o in sorted(self.objects.items()) if k == kind and namespace in (None, ns)]
@@ -116,28 +116,38 @@ def pod(name, *, rv="5", uid=None, deleting=False):
     return {"metadata": meta}
 
 
+def create(name, why="x"):
+    return Create(kind="Pod", namespace="demo", body={"metadata": {"name": name}}, why=why)
+
+
+def delete(name, why="x", **kw):
+    return Delete(kind="Pod", namespace="demo", name=name, why=why, **kw)
+
+
+def patch(name, why="x"):
+    return Patch(kind="Pod", namespace="demo", name=name, body={}, why=why)
+
+
+RV9 = {"metadata": {"resourceVersion": "9"}}
+
+
 @pytest.mark.parametrize(
     "action,result,store_after,met",
     [
-        pytest.param(Create("Pod", "demo", {"metadata": {"name": "p"}}, "x"), None, [], False, id="create-unseen"),
-        pytest.param(Create("Pod", "demo", {"metadata": {"name": "p"}}, "x"), None, [pod("p")], True, id="create-seen"),
-        pytest.param(Delete("Pod", "demo", "p", "x", uid="uid-p"), None, [pod("p")], False, id="delete-unseen"),
-        pytest.param(Delete("Pod", "demo", "p", "x", uid="uid-p"), None, [], True, id="delete-seen"),
-        pytest.param(Delete("Pod", "demo", "p", "x", uid="uid-p"), None, [pod("p", deleting=True)], True,
-                     id="delete-seen-as-terminating"),
-        pytest.param(Delete("Pod", "demo", "p", "x", uid="uid-p"), None, [pod("p", uid="uid-new")], True,
-                     id="delete-seen-namesake"),
-        pytest.param(Patch("Pod", "demo", "p", {}, "x"), {"metadata": {"resourceVersion": "9"}}, [pod("p", rv="5")],
-                     False, id="patch-unseen"),
-        pytest.param(Patch("Pod", "demo", "p", {}, "x"), {"metadata": {"resourceVersion": "9"}}, [pod("p", rv="9")],
-                     True, id="patch-seen"),
-        pytest.param(Patch("Pod", "demo", "p", {}, "x"), {"metadata": {"resourceVersion": "9"}}, [pod("p", rv="12")],
-                     True, id="patch-overtaken"),
+        pytest.param(create("p"), None, [], False, id="create-unseen"),
+        pytest.param(create("p"), None, [pod("p")], True, id="create-seen"),
+        pytest.param(delete("p", uid="uid-p"), None, [pod("p")], False, id="delete-unseen"),
+        pytest.param(delete("p", uid="uid-p"), None, [], True, id="delete-seen"),
+        pytest.param(delete("p", uid="uid-p"), None, [pod("p", deleting=True)], True, id="delete-seen-as-terminating"),
+        pytest.param(delete("p", uid="uid-p"), None, [pod("p", uid="uid-new")], True, id="delete-seen-namesake"),
+        pytest.param(patch("p"), RV9, [pod("p", rv="5")], False, id="patch-unseen"),
+        pytest.param(patch("p"), RV9, [pod("p", rv="9")], True, id="patch-seen"),
+        pytest.param(patch("p"), RV9, [pod("p", rv="12")], True, id="patch-overtaken"),
     ],
 )
 def test_expectations(action, result, store_after, met):
     e = Expectations(timeout=15, clock=Clock())
-    e.expect("k", action, result)
+    e.expect("k", action, result=result)
     store = DictStore([("Pod", o) for o in store_after])
     assert (e.wait_time("k", store) == 0) is met
 
@@ -145,7 +155,7 @@ def test_expectations(action, result, store_after, met):
 def test_expectations_expire():
     clock = Clock()
     e = Expectations(timeout=15, clock=clock)
-    e.expect("k", Create("Pod", "demo", {"metadata": {"name": "p"}}, "x"), None)
+    e.expect("k", create("p"), result=None)
     assert e.wait_time("k", DictStore()) == pytest.approx(15)
     clock.t += 16
     assert e.wait_time("k", DictStore()) == 0
@@ -178,7 +188,7 @@ class Fixed:
         self.actions = actions
         self.calls = 0
 
-    def keys_for(self, kind, etype, obj, store):
+    def keys_for(self, kind, obj, *, etype, store):
         return (obj["metadata"]["name"],)
 
     def sync(self, key, store, *, now):
@@ -196,16 +206,17 @@ def make_loop(actions, **applier_kw):
 
 
 def test_actions_applied_in_order_and_logged(caplog):
-    a = [Create("Pod", "demo", {"metadata": {"name": "p1"}}, "scale up"), Delete("Pod", "demo", "p0", "scale down")]
+    a = [create("p1", why="scale up"), delete("p0", why="scale down")]
     loop, _, applier, _ = make_loop(a)
     with caplog.at_level("INFO", logger="sandbox.controllers"):
         loop.process("k")
     assert applier.applied == a
-    assert [r.getMessage() for r in caplog.records] == ["create Pod demo/p1 (scale up)", "delete Pod demo/p0 (scale down)"]
+    assert [r.getMessage() for r in caplog.records] == ["create Pod demo/p1 (scale up)",
+                                                        "delete Pod demo/p0 (scale down)"]
 
 
 def test_key_held_back_until_the_cache_shows_its_last_actions():
-    loop, controller, applier, clock = make_loop([Create("Pod", "demo", {"metadata": {"name": "p1"}}, "up")])
+    loop, controller, applier, clock = make_loop([create("p1", why="up")])
     loop.process("k")
     loop.queue.done("k")
     loop.process("k")  # the cache has not shown p1 yet: no second create
@@ -218,8 +229,7 @@ def test_key_held_back_until_the_cache_shows_its_last_actions():
 @pytest.mark.parametrize("error", [ConflictError("conflict", status=409), ApplyError("boom", status=500),
                                    RuntimeError("client broke")])
 def test_failure_stops_the_batch_and_retries_with_backoff(error):
-    first = Patch("Pod", "demo", "a", {}, "one")
-    second = Patch("Pod", "demo", "b", {}, "two")
+    first, second = patch("a", why="one"), patch("b", why="two")
     loop, _, applier, clock = make_loop([first, second], fail={first.describe(): error})
     loop.process("k")
     loop.queue.done("k")
@@ -243,19 +253,19 @@ def test_requeue_action_schedules_the_key():
 
 def test_garbage_collection_delete_checks_owners_live():
     owner = {"kind": "ReplicaSet", "name": "web-abc", "uid": "uid-rs"}
-    delete = Delete("Pod", "demo", "p", "owner gone", uid="uid-p", unless_owners_exist=(owner,))
-    loop, _, applier, _ = make_loop([delete], owners_alive={"uid-rs"})
+    gc_delete = delete("p", why="owner gone", uid="uid-p", unless_owners_exist=(owner,))
+    loop, _, applier, _ = make_loop([gc_delete], owners_alive={"uid-rs"})
     loop.process("k")
     assert applier.applied == []
-    loop, _, applier, _ = make_loop([delete])
+    loop, _, applier, _ = make_loop([gc_delete])
     loop.process("k")
-    assert applier.applied == [delete]
+    assert applier.applied == [gc_delete]
 
 
 def test_events_map_to_keys():
     loop, _, _, clock = make_loop([])
-    loop.on_event("Pod", "ADDED", pod("p1"))
-    loop.on_event("Node", "ADDED", {"metadata": {"name": "node-1"}})  # not a kind it reads
+    loop.on_event("Pod", pod("p1"), etype="ADDED")
+    loop.on_event("Node", {"metadata": {"name": "node-1"}}, etype="ADDED")  # not a kind it reads
     clock.t += 1
     assert loop.queue.get(timeout=0) == "p1"
     assert loop.queue.get(timeout=0) is None

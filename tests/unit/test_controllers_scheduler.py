@@ -141,4 +141,4 @@ def test_no_nodes_message():
     ],
 )
 def test_events_that_wake_the_scheduler(kind, etype, obj, keys):
-    assert tuple(Scheduler().keys_for(kind, etype, obj, store=None)) == keys
+    assert tuple(Scheduler().keys_for(kind, obj, etype=etype, store=None)) == keys

@@ -38,7 +38,7 @@ def app(tmp_path):
 
 
 def get(addr, path, method="GET"):
-    return call(addr, method, path)
+    return call(addr, path, method=method)
 
 
 # ---- emoji ---------------------------------------------------------------------------------------

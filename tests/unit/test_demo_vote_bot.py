@@ -47,7 +47,7 @@ def test_bot_votes_and_counts_the_doughnut_failures(web_addr, caplog):
     assert failures[0] == ("vote :doughnut: -> HTTP 500 (the voting service failed: "
                            "voting for :doughnut: fails on purpose (the demo's error rate))")
     host, port = web_addr.split(":")
-    status, board = call((host, int(port)), "GET", "/api/leaderboard")
+    status, board = call((host, int(port)), "/api/leaderboard")
     assert status == 200
     assert {r["shortcode"]: r["votes"] for r in board} == {c: picks.count(c) for c in (":joy:", ":taco:")}
 
