@@ -7,8 +7,10 @@ kubectl, the official Python client and the sandbox's kubelets, controllers and 
 - ``store`` — SQLite persistence, in-memory mirror, resourceVersion counter, watch history
 - ``resources`` — verbs with Kubernetes semantics; ``admission`` — per-kind defaults/validation
 - ``patch`` (merge, JSON, strategic, apply), ``selectors``, ``validation``, ``tables`` — pure functions
-- ``handlers`` (HTTP routing, auth, negotiation), ``watch`` (event streams), ``discovery`` (+OpenAPI)
-- ``tokens`` (service-account JWTs), ``pki`` (CA, serving cert, kubeconfig), ``server`` (entry point)
+- ``handlers`` (HTTP routing, auth, negotiation), ``watch`` (event streams), ``discovery`` (+OpenAPI),
+  ``protobuf`` (the request bodies kubectl's typed clients send)
+- ``tokens`` (service-account JWTs), ``pki`` (CA, serving cert, kubeconfig), ``server`` (entry point),
+  ``process`` (run it as a child process and wait until ready)
 
 Every authenticated caller (admin token or service-account token) may do everything: no RBAC.
 """

@@ -13,13 +13,10 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import logging
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
-
-log = logging.getLogger(__name__)
 
 DEFAULT_HISTORY = 10_000
 WATCH_QUEUE_LIMIT = 20_000
@@ -125,9 +122,6 @@ class Store:
 
     def count(self, key: str) -> int:
         return len(self._objects[key])
-
-    def keys(self) -> list[str]:
-        return [k for k, v in self._objects.items() if v]
 
     # ---- writes ------------------------------------------------------------------------
 
