@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import ssl
+import time
 from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Protocol
@@ -27,6 +28,9 @@ from node_agent.proxy.tunnel import ALPN
 
 SESSION_CACHE_SIZE = 4096
 """Resumable sessions kept per source identity (one per destination pod), least recently used first out."""
+SESSION_REFRESH = 60.0
+"""Seconds a session is reused before the newest ticket replaces it (reading ``SSLObject.session``
+costs about as much as the resumed handshake itself, so it is not done on every connection)."""
 
 
 class Credentials(Protocol):
@@ -93,25 +97,34 @@ def _base_context(*, server: bool, bundle: bytes, chain: bytes, key: bytes, what
 class ClientTls:
     """A client context for one source identity, with its resumable sessions."""
 
-    __slots__ = ("context", "_sessions", "_limit")
+    __slots__ = ("context", "_sessions", "_limit", "_clock")
 
     def __init__(self, context: ssl.SSLContext, *, limit: int = SESSION_CACHE_SIZE) -> None:
         self.context = context
-        self._sessions: OrderedDict[Hashable, ssl.SSLSession] = OrderedDict()
+        self._sessions: OrderedDict[Hashable, tuple[ssl.SSLSession, float]] = OrderedDict()
         self._limit = limit
+        self._clock = time.monotonic
 
     def session(self, destination: Hashable) -> ssl.SSLSession | None:
-        session = self._sessions.get(destination)
-        if session is not None:
-            self._sessions.move_to_end(destination)
-        return session
+        entry = self._sessions.get(destination)
+        if entry is None:
+            return None
+        self._sessions.move_to_end(destination)
+        return entry[0]
 
     def remember(self, destination: Hashable, tls: ssl.SSLObject) -> None:
-        """Keep the connection's newest session (TLS 1.3 tickets arrive after the handshake)."""
+        """Keep the connection's newest session (TLS 1.3 tickets arrive after the handshake).
+
+        After a resumed handshake the cached session is kept until ``SESSION_REFRESH`` has passed.
+        """
+        now = self._clock()
+        entry = self._sessions.get(destination)
+        if entry is not None and tls.session_reused and now - entry[1] < SESSION_REFRESH:
+            return
         session = tls.session
         if session is None or not session.has_ticket:
             return
-        self._sessions[destination] = session
+        self._sessions[destination] = (session, now)
         self._sessions.move_to_end(destination)
         while len(self._sessions) > self._limit:
             self._sessions.popitem(last=False)

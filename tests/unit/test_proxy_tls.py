@@ -179,6 +179,13 @@ def test_sessions_are_resumed_per_destination() -> None:
     # identities are still known on a resumed session
     assert client_peer_check(second.client, expected=SERVER, address="x") == SERVER
     assert server_peer_check(second.server, trust_domain=TD) == CLIENT
+    # a resumed connection keeps the cached session (reading a new one costs as much as the handshake)
+    cached = client.session(("10.0.0.2", SERVER))
+    client.remember(("10.0.0.2", SERVER), second.client)
+    assert client.session(("10.0.0.2", SERVER)) is cached
+    client._clock = lambda: 1e12  # ... until it is older than SESSION_REFRESH
+    client.remember(("10.0.0.2", SERVER), second.client)
+    assert client.session(("10.0.0.2", SERVER)) is not cached
 
 
 def test_contexts_are_cached_and_rebuilt_on_rotation() -> None:
