@@ -9,14 +9,14 @@ class AmbitCniError(Exception):
 class CniError(AmbitCniError):
     """A CNI error result: printed as ``{"cniVersion", "code", "msg", "details"}`` with exit 1."""
 
-    def __init__(self, code: int, msg: str, details: str = "") -> None:
+    def __init__(self, code: int, msg: str, *, details: str = "") -> None:
         super().__init__(msg)
         self.code = code
         self.msg = msg
         self.details = details
 
     def __repr__(self) -> str:
-        return f"CniError({self.code!r}, {self.msg!r}, {self.details!r})"
+        return f"CniError({self.code!r}, {self.msg!r}, details={self.details!r})"
 
 
 class ProtocolError(AmbitCniError, ValueError):

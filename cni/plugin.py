@@ -74,28 +74,28 @@ def _add(invocation: spec.Invocation, config: spec.PluginConfig, ask) -> bytes:
         raise CniError(
             spec.TRY_AGAIN_LATER,
             f"the ambit node agent is not running on this node; pod {pod} waits until it is",
-            f"{exc}; start the agent, or set failClosed to false in the ambit-cni config to let pods start without it",
+            details=f"{exc}; start the agent, or set failClosed to false in the ambit-cni config to let pods start without it",
         ) from None
     except AgentTimeout as exc:
         raise CniError(
             spec.TRY_AGAIN_LATER,
             f"the ambit node agent did not set up pod {pod} within {config.agent_timeout:g}s",
-            f"{exc}; check the agent's log on this node",
+            details=f"{exc}; check the agent's log on this node",
         ) from None
     except AgentError as exc:
         raise CniError(
             spec.TRY_AGAIN_LATER,
             f"the ambit node agent is unreachable; pod {pod} waits until it is back",
-            f"{exc}; check the agent on this node",
+            details=f"{exc}; check the agent on this node",
         ) from None
     except ProtocolError as exc:
         raise CniError(
             spec.AGENT_PROTOCOL,
             f"the ambit node agent's answer for pod {pod} was not understood",
-            f"{exc}; are the agent and the installed ambit-cni from the same release?",
+            details=f"{exc}; are the agent and the installed ambit-cni from the same release?",
         ) from None
     if response.status == ERROR:
-        raise CniError(spec.AGENT_FAILED, f"the ambit node agent could not set up pod {pod}", response.message)
+        raise CniError(spec.AGENT_FAILED, f"the ambit node agent could not set up pod {pod}", details=response.message)
     if response.status == ENROLLED:
         _log(f"ADD {pod}: enrolled in {(time.monotonic() - started) * 1000:.0f} ms")
     return result
@@ -124,14 +124,14 @@ def _check(invocation: spec.Invocation, config: spec.PluginConfig, ask) -> None:
         response = ask(config.agent_socket, request, timeout=config.agent_timeout)
     except AgentAbsent as exc:
         if config.fail_closed:
-            raise CniError(spec.TRY_AGAIN_LATER, f"cannot check pod {pod}: the ambit node agent is not running", str(exc)) from None
+            raise CniError(spec.TRY_AGAIN_LATER, f"cannot check pod {pod}: the ambit node agent is not running", details=str(exc)) from None
         return
     except AgentError as exc:
-        raise CniError(spec.TRY_AGAIN_LATER, f"cannot check pod {pod}: the ambit node agent did not answer", str(exc)) from None
+        raise CniError(spec.TRY_AGAIN_LATER, f"cannot check pod {pod}: the ambit node agent did not answer", details=str(exc)) from None
     except ProtocolError as exc:
-        raise CniError(spec.AGENT_PROTOCOL, f"the ambit node agent's answer for pod {pod} was not understood", str(exc)) from None
+        raise CniError(spec.AGENT_PROTOCOL, f"the ambit node agent's answer for pod {pod} was not understood", details=str(exc)) from None
     if response.status == ERROR:
-        raise CniError(spec.AGENT_FAILED, f"pod {pod} is not set up as the ambit node agent expects", response.message)
+        raise CniError(spec.AGENT_FAILED, f"pod {pod} is not set up as the ambit node agent expects", details=response.message)
 
 
 def _request(invocation: spec.Invocation, config: spec.PluginConfig) -> CniRequest | None:
@@ -148,14 +148,14 @@ def _request(invocation: spec.Invocation, config: spec.PluginConfig) -> CniReque
             raise
         ips = ()  # DEL never fails over the shape of a result it does not need
     return CniRequest(
-        invocation.command,
-        pod.namespace,
-        pod.name,
-        pod.uid,
-        invocation.container_id,
-        invocation.netns,
-        invocation.ifname,
-        ips,
+        command=invocation.command,
+        pod_namespace=pod.namespace,
+        pod_name=pod.name,
+        pod_uid=pod.uid,
+        container_id=invocation.container_id,
+        netns=invocation.netns,
+        interface=invocation.ifname,
+        ips=ips,
     )
 
 

@@ -82,27 +82,27 @@ def parse_env(env) -> Invocation:
     """
     command = env.get("CNI_COMMAND", "")
     if not command:
-        raise CniError(INVALID_ENV, "CNI_COMMAND is not set", "the runtime must set CNI_COMMAND to ADD, DEL, CHECK or VERSION")
+        raise CniError(INVALID_ENV, "CNI_COMMAND is not set", details="the runtime must set CNI_COMMAND to ADD, DEL, CHECK or VERSION")
     if command not in COMMANDS:
-        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {command!r}", "expected one of ADD, DEL, CHECK, VERSION")
+        raise CniError(INVALID_ENV, f"unknown CNI_COMMAND {command!r}", details="expected one of ADD, DEL, CHECK, VERSION")
     if command == "VERSION":
         return Invocation(command, "", "", "", {})
     container_id = env.get("CNI_CONTAINERID", "")
     if not container_id:
-        raise CniError(INVALID_ENV, f"CNI_CONTAINERID is not set for {command}", "the runtime must name the container")
+        raise CniError(INVALID_ENV, f"CNI_CONTAINERID is not set for {command}", details="the runtime must name the container")
     bad = sorted(set(container_id) - _CONTAINER_ID_CHARS)
     if bad:
         raise CniError(
             INVALID_ENV,
             f"CNI_CONTAINERID {container_id!r} contains invalid characters {''.join(bad)!r}",
-            "a container id may contain only letters, digits, '_', '.' and '-'",
+            details="a container id may contain only letters, digits, '_', '.' and '-'",
         )
     netns = env.get("CNI_NETNS", "")
     if command != "DEL" and not netns:  # DEL may come after the netns is gone
-        raise CniError(INVALID_ENV, f"CNI_NETNS is not set for {command}", "the runtime must pass the pod's netns path")
+        raise CniError(INVALID_ENV, f"CNI_NETNS is not set for {command}", details="the runtime must pass the pod's netns path")
     ifname = env.get("CNI_IFNAME", "")
     if not ifname:
-        raise CniError(INVALID_ENV, f"CNI_IFNAME is not set for {command}", "the runtime must name the pod's interface")
+        raise CniError(INVALID_ENV, f"CNI_IFNAME is not set for {command}", details="the runtime must name the pod's interface")
     return Invocation(command, container_id, netns, ifname, parse_cni_args(env.get("CNI_ARGS", "")))
 
 
@@ -114,7 +114,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
             continue
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise CniError(INVALID_ENV, f"CNI_ARGS has an invalid pair {pair!r}", "CNI_ARGS must be 'KEY=VALUE;KEY=VALUE'")
+            raise CniError(INVALID_ENV, f"CNI_ARGS has an invalid pair {pair!r}", details="CNI_ARGS must be 'KEY=VALUE;KEY=VALUE'")
         args[key] = value
     return args
 
@@ -144,49 +144,49 @@ def parse_config(stdin: bytes, *, command: str) -> PluginConfig:
     try:
         doc = json.loads(stdin)
     except (ValueError, RecursionError) as exc:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise CniError(DECODING_FAILURE, "the network configuration on stdin is not valid JSON", str(exc)) from None
+        raise CniError(DECODING_FAILURE, "the network configuration on stdin is not valid JSON", details=str(exc)) from None
     if not isinstance(doc, dict):
-        raise CniError(DECODING_FAILURE, "the network configuration on stdin is not a JSON object", f"got {type(doc).__name__}")
+        raise CniError(DECODING_FAILURE, "the network configuration on stdin is not a JSON object", details=f"got {type(doc).__name__}")
     for key in ("cniVersion", "name", "type"):
         if key not in doc:
-            raise CniError(INVALID_CONFIG, f"the network configuration has no {key!r}", "the runtime must pass cniVersion, name and type")
+            raise CniError(INVALID_CONFIG, f"the network configuration has no {key!r}", details="the runtime must pass cniVersion, name and type")
         if not isinstance(doc[key], str) or not doc[key]:
-            raise CniError(INVALID_CONFIG, f"{key!r} must be a non-empty string", f"got {doc[key]!r}")
+            raise CniError(INVALID_CONFIG, f"{key!r} must be a non-empty string", details=f"got {doc[key]!r}")
     version = doc["cniVersion"]
     if version not in SUPPORTED_VERSIONS:
         raise CniError(
             INCOMPATIBLE_VERSION,
             f"cniVersion {version!r} is not supported by ambit-cni",
-            f"supported versions: {', '.join(SUPPORTED_VERSIONS)}",
+            details=f"supported versions: {', '.join(SUPPORTED_VERSIONS)}",
         )
     if command == "CHECK" and version_tuple(version) < _CHECK_SINCE:
-        raise CniError(INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}", "use cniVersion 0.4.0 or later")
+        raise CniError(INCOMPATIBLE_VERSION, f"CHECK is not defined for cniVersion {version}", details="use cniVersion 0.4.0 or later")
 
     socket_path = doc.get("agentSocket", DEFAULT_AGENT_SOCKET)
     if not isinstance(socket_path, str) or not socket_path.startswith("/"):
-        raise CniError(INVALID_CONFIG, "'agentSocket' must be an absolute path", f"got {socket_path!r}")
+        raise CniError(INVALID_CONFIG, "'agentSocket' must be an absolute path", details=f"got {socket_path!r}")
     timeout = doc.get("agentTimeoutSeconds", DEFAULT_AGENT_TIMEOUT)
     if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= MAX_AGENT_TIMEOUT:
         raise CniError(
             INVALID_CONFIG,
             "'agentTimeoutSeconds' must be a number of seconds in (0, 300]",
-            f"got {timeout!r}",
+            details=f"got {timeout!r}",
         )
     fail_closed = doc.get("failClosed", DEFAULT_FAIL_CLOSED)
     if not isinstance(fail_closed, bool):
-        raise CniError(INVALID_CONFIG, "'failClosed' must be true or false", f"got {fail_closed!r}")
+        raise CniError(INVALID_CONFIG, "'failClosed' must be true or false", details=f"got {fail_closed!r}")
     exclude = doc.get("excludeNamespaces", list(DEFAULT_EXCLUDE_NAMESPACES))
     if not isinstance(exclude, list) or not all(isinstance(ns, str) and ns for ns in exclude):
-        raise CniError(INVALID_CONFIG, "'excludeNamespaces' must be a list of namespace names", f"got {exclude!r}")
+        raise CniError(INVALID_CONFIG, "'excludeNamespaces' must be a list of namespace names", details=f"got {exclude!r}")
 
     prev = doc.get("prevResult")
     if prev is not None and not isinstance(prev, dict):
-        raise CniError(INVALID_CONFIG, "'prevResult' must be a JSON object", f"got {type(prev).__name__}")
+        raise CniError(INVALID_CONFIG, "'prevResult' must be a JSON object", details=f"got {type(prev).__name__}")
     if prev is None and command in ("ADD", "CHECK"):
         raise CniError(
             INVALID_CONFIG,
             f"ambit-cni must be chained after a primary plugin: {command} got no prevResult",
-            "add ambit-cni as the last entry of the primary CNI's .conflist",
+            details="add ambit-cni as the last entry of the primary CNI's .conflist",
         )
     return PluginConfig(version, doc["name"], socket_path, float(timeout), fail_closed, frozenset(exclude), prev)
 
@@ -199,12 +199,12 @@ def sandbox_ips(prev_result: dict | None) -> list[str]:
     ips = prev_result.get("ips", [])
     interfaces = prev_result.get("interfaces", [])
     if not isinstance(ips, list) or not isinstance(interfaces, list):
-        raise CniError(INVALID_CONFIG, "prevResult 'ips' and 'interfaces' must be lists", "the previous plugin's result is malformed")
+        raise CniError(INVALID_CONFIG, "prevResult 'ips' and 'interfaces' must be lists", details="the previous plugin's result is malformed")
     found: list[str] = []
     for i, entry in enumerate(ips):
         address = entry.get("address") if isinstance(entry, dict) else None
         if not isinstance(address, str) or "/" not in address:
-            raise CniError(INVALID_CONFIG, f"prevResult.ips[{i}].address is not an address with a prefix length", f"got {entry!r}")
+            raise CniError(INVALID_CONFIG, f"prevResult.ips[{i}].address is not an address with a prefix length", details=f"got {entry!r}")
         index = entry.get("interface")
         if isinstance(index, int) and not isinstance(index, bool) and 0 <= index < len(interfaces):
             iface = interfaces[index]

@@ -61,7 +61,7 @@ class PodNetns:
 
     __slots__ = ("path", "fd", "inode")
 
-    def __init__(self, path: str, fd: int, inode: int) -> None:
+    def __init__(self, *, path: str, fd: int, inode: int) -> None:
         self.path = path
         self.fd = fd
         self.inode = inode
@@ -82,7 +82,7 @@ class PodNetns:
         if kind != CLONE_NEWNET:
             os.close(fd)
             raise NetnsError(f"{path} is not a network namespace (expected /run/netns/<name> or /proc/<pid>/ns/net)")
-        return cls(path, fd, os.fstat(fd).st_ino)
+        return cls(path=path, fd=fd, inode=os.fstat(fd).st_ino)
 
     @classmethod
     def by_name(cls, name: str) -> "PodNetns":

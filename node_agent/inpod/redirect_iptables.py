@@ -103,7 +103,7 @@ class TableDump:
         return self.rules.count(_hook(builtin, chain))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RedirectState:
     """What is installed, for diagnostics (``ambit node redirection``)."""
 
@@ -154,7 +154,7 @@ def probe_snat_rules(pod_ips: Iterable[str], *, ipv6: bool = False) -> dict[str,
     return {CHAIN_POSTROUTING: tuple(rules)}
 
 
-def render_sync(chains: dict[str, tuple[str, ...]], hooks: dict[str, str], current: TableDump) -> str:
+def render_sync(chains: dict[str, tuple[str, ...]], *, hooks: dict[str, str], current: TableDump) -> str:
     """``iptables-restore --noflush`` input that makes ``chains`` exactly as given and leaves
     each hook present exactly once (inserted first when missing), whatever ``current`` holds."""
     lines = [f"*{TABLE}"]
@@ -171,7 +171,7 @@ def render_sync(chains: dict[str, tuple[str, ...]], hooks: dict[str, str], curre
     return "\n".join(lines) + "\n"
 
 
-def render_remove(chains: Iterable[str], hooks: dict[str, str], current: TableDump) -> str | None:
+def render_remove(chains: Iterable[str], *, hooks: dict[str, str], current: TableDump) -> str | None:
     """Input that unhooks, flushes and deletes our chains; None when nothing of ours is there."""
     lines = []
     for builtin, chain in hooks.items():
@@ -184,11 +184,11 @@ def render_remove(chains: Iterable[str], hooks: dict[str, str], current: TableDu
     return "\n".join([f"*{TABLE}", *lines, "COMMIT"]) + "\n"
 
 
-def assess(chains: dict[str, tuple[str, ...]], hooks: dict[str, str], current: TableDump) -> RedirectState:
+def assess(chains: dict[str, tuple[str, ...]], *, hooks: dict[str, str], current: TableDump) -> RedirectState:
     """Compare what is installed with what should be."""
     anything = any(c in current.chains for c in chains) or any(current.hook_count(b, c) for b, c in hooks.items())
     if not anything:
-        return RedirectState("absent")
+        return RedirectState(status="absent")
     missing: list[str] = []
     unexpected: list[str] = []
     for builtin, chain in hooks.items():
@@ -207,7 +207,9 @@ def assess(chains: dict[str, tuple[str, ...]], hooks: dict[str, str], current: T
                 extra = list(actual)
             missing += absent
             unexpected += extra
-    return RedirectState("partial" if missing or unexpected else "installed", tuple(missing), tuple(unexpected))
+    return RedirectState(
+        status="partial" if missing or unexpected else "installed", missing=tuple(missing), unexpected=tuple(unexpected)
+    )
 
 
 def parse_save(text: str) -> dict[str, TableDump]:
@@ -246,8 +248,8 @@ def install(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings =
     """
     chains = pod_rules(settings, ipv6=ipv6)
     current = dump(netns, ipv6=ipv6, settings=settings)
-    _restore(netns, render_sync(chains, POD_HOOKS, current), ipv6=ipv6, settings=settings)
-    after = assess(chains, POD_HOOKS, dump(netns, ipv6=ipv6, settings=settings))
+    _restore(netns, render_sync(chains, hooks=POD_HOOKS, current=current), ipv6=ipv6, settings=settings)
+    after = assess(chains, hooks=POD_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
     if after.status != "installed":
         raise RedirectError(
             f"redirection in {_where(netns)} is {after.status} right after installing it; is something "
@@ -257,7 +259,7 @@ def install(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings =
 
 def remove(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> bool:
     """Remove our hooks and chains from a pod's netns; returns False when there was nothing."""
-    text = render_remove(pod_rules(settings, ipv6=ipv6), POD_HOOKS, dump(netns, ipv6=ipv6, settings=settings))
+    text = render_remove(pod_rules(settings, ipv6=ipv6), hooks=POD_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
     if text is None:
         return False
     _restore(netns, text, ipv6=ipv6, settings=settings)
@@ -266,7 +268,7 @@ def remove(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings = 
 
 def state(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> RedirectState:
     """installed / partial / absent, with the differing lines."""
-    return assess(pod_rules(settings, ipv6=ipv6), POD_HOOKS, dump(netns, ipv6=ipv6, settings=settings))
+    return assess(pod_rules(settings, ipv6=ipv6), hooks=POD_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
 
 
 def sync_probe_snat(
@@ -281,13 +283,13 @@ def sync_probe_snat(
     namespace is the caller's own (the agent runs with hostNetwork)."""
     chains = probe_snat_rules(pod_ips, ipv6=ipv6)
     current = dump(netns, ipv6=ipv6, settings=settings)
-    if assess(chains, NODE_HOOKS, current).status == "installed":
+    if assess(chains, hooks=NODE_HOOKS, current=current).status == "installed":
         return
-    _restore(netns, render_sync(chains, NODE_HOOKS, current), ipv6=ipv6, settings=settings)
+    _restore(netns, render_sync(chains, hooks=NODE_HOOKS, current=current), ipv6=ipv6, settings=settings)
 
 
 def remove_probe_snat(*, netns: NetnsRef | None = None, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> bool:
-    text = render_remove([CHAIN_POSTROUTING], NODE_HOOKS, dump(netns, ipv6=ipv6, settings=settings))
+    text = render_remove([CHAIN_POSTROUTING], hooks=NODE_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
     if text is None:
         return False
     _restore(netns, text, ipv6=ipv6, settings=settings)
@@ -295,7 +297,7 @@ def remove_probe_snat(*, netns: NetnsRef | None = None, ipv6: bool = False, sett
 
 
 def probe_snat_state(pod_ips: Iterable[str], *, netns: NetnsRef | None = None, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> RedirectState:
-    return assess(probe_snat_rules(pod_ips, ipv6=ipv6), NODE_HOOKS, dump(netns, ipv6=ipv6, settings=settings))
+    return assess(probe_snat_rules(pod_ips, ipv6=ipv6), hooks=NODE_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
 
 
 def dump(netns: NetnsRef | None, *, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> TableDump:

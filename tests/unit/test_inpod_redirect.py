@@ -67,7 +67,7 @@ def test_ipv6_rules_use_the_ipv6_probe_source():
 
 # ---- restore input -------------------------------------------------------------------------
 def restore_lines(current: rd.TableDump) -> list[str]:
-    return rd.render_sync(POD, rd.POD_HOOKS, current).splitlines()
+    return rd.render_sync(POD, hooks=rd.POD_HOOKS, current=current).splitlines()
 
 
 def test_fresh_install_declares_flushes_fills_and_hooks_first():
@@ -97,7 +97,7 @@ def test_hooks_end_up_exactly_once(current, hook_lines):
 
 
 def test_remove_input():
-    assert rd.render_remove(POD, rd.POD_HOOKS, INSTALLED).splitlines() == [
+    assert rd.render_remove(POD, hooks=rd.POD_HOOKS, current=INSTALLED).splitlines() == [
         "*nat",
         "-D PREROUTING -j AMBIT_PREROUTING",
         "-D OUTPUT -j AMBIT_OUTPUT",
@@ -110,11 +110,11 @@ def test_remove_input():
 
 
 def test_remove_when_absent_is_nothing():
-    assert rd.render_remove(POD, rd.POD_HOOKS, dump_of("-A OUTPUT -j KUBE-SERVICES")) is None
+    assert rd.render_remove(POD, hooks=rd.POD_HOOKS, current=dump_of("-A OUTPUT -j KUBE-SERVICES")) is None
 
 
 def test_remove_of_a_partial_install():
-    text = rd.render_remove(POD, rd.POD_HOOKS, dump_of("-A OUTPUT -j AMBIT_OUTPUT", chains=("AMBIT_OUTPUT",)))
+    text = rd.render_remove(POD, hooks=rd.POD_HOOKS, current=dump_of("-A OUTPUT -j AMBIT_OUTPUT", chains=("AMBIT_OUTPUT",)))
     assert text.splitlines()[1:-1] == ["-D OUTPUT -j AMBIT_OUTPUT", "-F AMBIT_OUTPUT", "-X AMBIT_OUTPUT"]
 
 
@@ -169,12 +169,12 @@ ASSESSMENTS = [
 
 @pytest.mark.parametrize(("current", "status", "missing", "unexpected"), [a[1:] for a in ASSESSMENTS], ids=[a[0] for a in ASSESSMENTS])
 def test_assess(current, status, missing, unexpected):
-    result = rd.assess(POD, rd.POD_HOOKS, current)
+    result = rd.assess(POD, hooks=rd.POD_HOOKS, current=current)
     assert (result.status, result.missing, result.unexpected) == (status, missing, unexpected)
 
 
 def test_state_prints_the_differences():
-    text = str(rd.RedirectState("partial", ("-A OUTPUT -j AMBIT_OUTPUT",), ("-A AMBIT_OUTPUT -j ACCEPT",)))
+    text = str(rd.RedirectState(status="partial", missing=("-A OUTPUT -j AMBIT_OUTPUT",), unexpected=("-A AMBIT_OUTPUT -j ACCEPT",)))
     assert text == "partial\n  missing:    -A OUTPUT -j AMBIT_OUTPUT\n  unexpected: -A AMBIT_OUTPUT -j ACCEPT"
 
 
@@ -193,7 +193,7 @@ def test_probe_snat_rules_per_family_sorted_and_deduplicated():
 
 
 def test_probe_snat_with_no_pods_keeps_an_empty_hooked_chain():
-    assert rd.render_sync(rd.probe_snat_rules([]), rd.NODE_HOOKS, rd.TableDump()).splitlines() == [
+    assert rd.render_sync(rd.probe_snat_rules([]), hooks=rd.NODE_HOOKS, current=rd.TableDump()).splitlines() == [
         "*nat",
         ":AMBIT_POSTROUTING - [0:0]",
         "-F AMBIT_POSTROUTING",
@@ -256,7 +256,7 @@ def test_sync_then_assess_is_installed_whatever_was_there(rules):
     """Applying the restore input to any prior state (simulated) yields 'installed'."""
     before = dump_of(*rules)
     after_rules = [r for r in before.rules if not r.startswith(("-A AMBIT_",))]
-    for line in rd.render_sync(POD, rd.POD_HOOKS, before).splitlines():
+    for line in rd.render_sync(POD, hooks=rd.POD_HOOKS, current=before).splitlines():
         if line.startswith("-I "):
             builtin, _, chain = line[3:].partition(" 1 -j ")
             after_rules.insert(0, f"-A {builtin} -j {chain}")
@@ -265,7 +265,7 @@ def test_sync_then_assess_is_installed_whatever_was_there(rules):
         elif line.startswith("-A "):
             after_rules.append(line)
     after = dump_of(*after_rules, chains=tuple(POD))
-    assert rd.assess(POD, rd.POD_HOOKS, after).status == "installed"
+    assert rd.assess(POD, hooks=rd.POD_HOOKS, current=after).status == "installed"
 
 
 # ---- sockaddr parsing (SO_ORIGINAL_DST) ----------------------------------------------------
