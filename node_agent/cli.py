@@ -97,7 +97,7 @@ def cmd_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_logs(args: argparse.Namespace) -> int:
-    from sandbox.node.kubelet import pod_log_path
+    from sandbox.node.logs import pod_log_path
 
     cfg = _sandbox_cfg()
     pod = _find_pod(cfg, args.pod)
@@ -105,8 +105,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     container = args.container or containers[0]
     if container not in containers:
         raise SystemExit(f"ambit: pod {args.pod} has no container {container!r}; it has {', '.join(containers)}")
-    path = pod_log_path(cfg, node=pod.spec.node_name, namespace=pod.metadata.namespace,
-                        pod=pod.metadata.name, container=container)
+    path = pod_log_path(cfg, pod.spec.node_name, pod.metadata.namespace, pod.metadata.name, container)
     try:
         with open(path, "rb") as f:
             sys.stdout.buffer.write(f.read())

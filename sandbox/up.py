@@ -20,9 +20,6 @@ from sandbox.config import SandboxConfig
 
 log = logging.getLogger(__name__)
 
-DEMO_MANIFESTS = Path(__file__).parent / "demo" / "manifests.yaml"
-
-
 class SandboxError(Exception):
     """the sandbox could not be brought up; the message says what to do"""
 
@@ -72,7 +69,9 @@ def up(cfg: SandboxConfig, *, demo: bool) -> None:
     _say(f"{cfg.nodes} nodes Ready")
 
     if demo:
-        apply_manifest_file(api, DEMO_MANIFESTS)
+        from sandbox.demo import manifests
+
+        apply_objects(api, manifests.load())
         _wait_pods_ready(api, namespace="demo", timeout=60)
         _say("demo application Running in namespace demo")
     _say(f"sandbox up in {time.monotonic() - started:.1f}s; kubeconfig: {cfg.kubeconfig_path}")
@@ -174,15 +173,12 @@ def _wait_pods_ready(api, *, namespace: str, timeout: float) -> None:
                        f"try `kubectl get pods -n {namespace}` and `ambit sandbox logs {namespace}/<pod>`")
 
 
-def apply_manifest_file(api, path: Path) -> None:
-    """Create every object of a multi-document YAML file; objects that exist are left alone."""
-    import yaml
+def apply_objects(api, objects: list[dict]) -> None:
+    """Create every object, in order; objects that exist already are left alone."""
     from kubernetes import utils
     from kubernetes.utils import FailToCreateError
 
-    for doc in yaml.safe_load_all(path.read_text()):
-        if not doc:
-            continue
+    for doc in objects:
         try:
             utils.create_from_dict(api, doc)
         except FailToCreateError as exc:
