@@ -14,6 +14,7 @@ import os
 import select
 import statistics
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -100,14 +101,8 @@ def node_dirs(tmp_path, agent):
         "dataDir": str(tmp_path / "ipam"),
     }
     (conf / "10-pods.conflist").write_text(json.dumps(primary))
-    installer.install(conf_dir=conf, bin_dir=bins, plugin_config={"agentSocket": str(agent.path)}, source_executable=_python())
+    installer.install(conf_dir=conf, bin_dir=bins, plugin_config={"agentSocket": str(agent.path)}, source_executable=sys.executable)
     return conf, bins
-
-
-def _python() -> str:
-    import sys
-
-    return sys.executable
 
 
 def plugin_input(node_dirs, command: str, *, namespace: str = "mesh", name: str = "web-1", **config) -> tuple[dict, bytes]:

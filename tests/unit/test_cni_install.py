@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from cni import install as inst
 from cni.errors import InstallError, InvalidConfigFile, NoPrimaryConfig
@@ -355,3 +357,19 @@ def test_main_reports_bad_config_files(dirs, capsys):
     write(conf / "10-net.conflist", "{nope")
     assert inst.main(["--conf-dir", str(conf), "--bin-dir", str(bins), "--python", PYTHON, "--once"]) == 1
     assert "10-net.conflist: not valid JSON" in capsys.readouterr().err
+
+
+@given(st.one_of(st.binary(max_size=200), st.recursive(st.none() | st.integers() | st.text(max_size=8), lambda k: st.lists(k, max_size=3) | st.dictionaries(st.sampled_from(["type", "name", "cniVersion", "plugins", "x"]), k, max_size=4), max_leaves=10).map(lambda d: json.dumps(d).encode())))
+def test_any_config_file_loads_or_names_itself(data):
+    path = Path("/etc/cni/net.d/10-x.conflist")
+    try:
+        doc = inst.load_config(path, data)
+    except InvalidConfigFile as exc:
+        assert str(exc).startswith(f"{path}: ")
+        return
+    conflist = inst.with_entry(inst.as_conflist(doc, path=path), OURS) if "plugins" in doc or all(
+        isinstance(doc.get(k), str) for k in ("name", "cniVersion")
+    ) else None
+    if conflist is not None:
+        assert conflist["plugins"][-1] == OURS
+        assert sum(inst.is_ours(p) for p in conflist["plugins"]) == 1

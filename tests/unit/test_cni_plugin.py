@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from cni import plugin, spec
 from cni.errors import AgentAbsent, AgentTimeout, AgentUnreachable, ProtocolError
@@ -257,3 +259,46 @@ def test_check(answer, config, code):
         assert (status, out) == (0, None)
     else:
         assert status == 1 and out["code"] == code
+
+
+# ---- any input: an answer, never a crash ---------------------------------------------------
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+    lambda kids: st.lists(kids, max_size=3) | st.dictionaries(st.text(max_size=10), kids, max_size=4),
+    max_leaves=15,
+)
+config_keys = st.sampled_from(
+    ["cniVersion", "name", "type", "prevResult", "agentSocket", "agentTimeoutSeconds", "failClosed", "excludeNamespaces"]
+)
+
+
+def assert_well_formed(status: int, out: bytes) -> None:
+    assert status in (0, 1)
+    if status == 1:
+        doc = json.loads(out)
+        assert isinstance(doc["code"], int) and doc["msg"] and isinstance(doc["details"], str)
+        assert doc["cniVersion"] in spec.SUPPORTED_VERSIONS
+    elif out:
+        assert isinstance(json.loads(out), dict)
+
+
+@settings(max_examples=300)
+@given(
+    st.sampled_from(["ADD", "DEL", "CHECK", "VERSION"]),
+    st.one_of(st.binary(max_size=200), st.dictionaries(config_keys, json_values, max_size=8).map(lambda d: json.dumps(d).encode())),
+    st.text(max_size=60),
+)
+def test_any_input_gets_a_well_formed_answer(command, stdin, cni_args):
+    environ = env(command, CNI_ARGS=cni_args)
+    status, out = plugin.run(env=environ, stdin=stdin, ask=FakeAgent(CniResponse("not_enrolled", "")))
+    assert_well_formed(status, out)
+
+
+@settings(max_examples=200)
+@given(st.dictionaries(config_keys, json_values, max_size=8))
+def test_any_config_around_a_valid_core_is_handled(extra):
+    doc = {**conf(), **extra}
+    status, out = plugin.run(env=env(), stdin=json.dumps(doc).encode(), ask=FakeAgent(CniResponse("enrolled", "")))
+    assert_well_formed(status, out)
+    if status == 0:
+        assert json.loads(out) == {**doc["prevResult"], "cniVersion": doc["cniVersion"]}
