@@ -1,0 +1,90 @@
+"""`ambit up` / `ambit down` as a user runs them, on a sandbox of its own (never the demo's)."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+AMBIT = [sys.executable, "-m", "node_agent.cli"]
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    env = dict(os.environ, AMBIT_SANDBOX="upt", AMBIT_SANDBOX_INDEX="5",
+               AMBIT_SANDBOX_DIR=str(tmp_path_factory.mktemp("sandbox")))
+    try:
+        up = subprocess.run([*AMBIT, "up", "--nodes", "2", "--demo"], env=env, capture_output=True, text=True, timeout=120)
+        assert up.returncode == 0, up.stdout + up.stderr
+        yield env
+    finally:
+        down = subprocess.run([*AMBIT, "down"], env=env, capture_output=True, text=True, timeout=120)
+        assert down.returncode == 0, down.stdout + down.stderr
+
+
+def kubectl(env, *args, check=True):
+    kubeconfig = subprocess.run([*AMBIT, "sandbox", "kubeconfig"], env=env, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    out = subprocess.run(["kubectl", "--kubeconfig", kubeconfig, *args], env=env, capture_output=True, text=True,
+                         timeout=60)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out
+
+
+def test_demo_pods_run_on_both_nodes_with_ips(sandbox):
+    table = kubectl(sandbox, "get", "pods", "-A", "-o", "wide").stdout
+    rows = [line.split() for line in table.splitlines()[1:]]
+    demo = [r for r in rows if r[0] == "demo"]
+    assert len(demo) == 7, table
+    assert all(r[3] == "Running" and r[2] == "1/1" for r in demo), table
+    assert {r[7] for r in demo} == {"node-1", "node-2"}, table
+    assert all(r[6].startswith("10.215.") for r in demo), table
+
+
+def test_exec_in_web_pod_reaches_emoji_clusterip(sandbox):
+    pods = json.loads(kubectl(sandbox, "get", "pods", "-n", "demo", "-l", "app=web", "-o", "json").stdout)["items"]
+    svc = json.loads(kubectl(sandbox, "get", "svc", "-n", "demo", "emoji", "-o", "json").stdout)
+    ip, port = svc["spec"]["clusterIP"], svc["spec"]["ports"][0]["port"]
+    for pod in pods:
+        out = subprocess.run([*AMBIT, "sandbox", "exec", f"demo/{pod['metadata']['name']}", "--",
+                              "curl", "-s", "-m", "5", f"http://{ip}:{port}/api/list"],
+                             env=sandbox, capture_output=True, text=True, timeout=30)
+        assert out.returncode == 0, out.stderr
+        assert ":doughnut:" in out.stdout
+
+
+def test_logs_show_the_vote_bot_and_its_failures(sandbox):
+    pod = json.loads(kubectl(sandbox, "get", "pods", "-n", "demo", "-l", "app=vote-bot", "-o", "json").stdout)["items"][0]
+    out = subprocess.run([*AMBIT, "sandbox", "logs", f"demo/{pod['metadata']['name']}"], env=sandbox,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and "voting" in out.stdout, out.stdout + out.stderr
+
+
+def test_down_leaves_nothing(tmp_path):
+    env = dict(os.environ, AMBIT_SANDBOX="dnt", AMBIT_SANDBOX_INDEX="4", AMBIT_SANDBOX_DIR=str(tmp_path))
+    up = subprocess.run([*AMBIT, "up", "--nodes", "1", "--no-demo"], env=env, capture_output=True, text=True, timeout=120)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        # a crash: kill -9 the API server, then down must still clean up
+        pid = int((tmp_path / "dnt" / "pids" / "apiserver.pid").read_text())
+        os.kill(pid, 9)
+    finally:
+        down = subprocess.run([*AMBIT, "down"], env=env, capture_output=True, text=True, timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split()
+                if n.startswith("dnt-")]
+    assert "dnt" not in subprocess.run(["ip", "-br", "link"], capture_output=True, text=True).stdout
+    marker = b"AMBIT_SANDBOX_MEMBER=dnt"
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                assert marker not in (proc / "environ").read_bytes().split(b"\0"), f"pid {proc.name} left running"
+            except OSError:
+                pass
+    assert not (tmp_path / "dnt").exists()
+    again = subprocess.run([*AMBIT, "down"], env=env, capture_output=True, text=True, timeout=60)
+    assert again.returncode == 0 and "nothing" in again.stdout
