@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Callable, Iterable, Mapping
 
+from node_agent.proxy import model
+
 DATAPLANE_LABEL = "ambit.dev/dataplane-mode"
 AMBIENT = "ambient"
 OPT_OUT = "none"
@@ -100,6 +102,8 @@ class Snapshot:
     services_by_vip: Mapping[str, Service] = field(default_factory=lambda: _frozen({}))
     services_by_name: Mapping[tuple[str, str], Service] = field(default_factory=lambda: _frozen({}))
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _frozen({}))
+    mesh_by_ip: Mapping[str, model.Workload] = field(default_factory=lambda: _frozen({}))
+    """the proxy's view of every addressable pod, built once per snapshot"""
     version: int = 0
 
     def local_workloads(self) -> list[Workload]:
@@ -236,6 +240,13 @@ def build(
         if _is_ip(service.cluster_ip):
             by_vip[service.cluster_ip] = service
 
+    mesh_by_ip = {
+        ip: model.Workload(
+            uid=model.WorkloadUid(w.uid), name=w.pod, namespace=w.namespace, service_account=w.service_account,
+            ips=(ip,), node=w.node, workload_name=w.workload, trust_domain=trust_domain, enrolled=w.enrolled,
+        )
+        for ip, w in by_ip.items()
+    }
     return Snapshot(
         node=node,
         trust_domain=trust_domain,
@@ -244,6 +255,7 @@ def build(
         services_by_vip=_frozen(by_vip),
         services_by_name=_frozen(by_name),
         namespace_labels=_frozen(ns_labels),
+        mesh_by_ip=_frozen(mesh_by_ip),
         version=version,
     )
 

@@ -65,3 +65,57 @@ def test_build_snapshot_services_endpoints_and_identity():
     assert [(ep.ip, port) for ep, port in service.targets(80)] == [("10.210.1.5", 8080)]
     assert service.targets(81) == []
     assert [w.pod for w in snap.enrolled_local()] == ["web-1"]
+
+
+def _resolver_fixture():
+    from node_agent.state.resolver import SnapshotResolver
+    from node_agent.state.snapshot import SnapshotHolder
+
+    svc = {"metadata": {"name": "web", "namespace": "shop"},
+           "spec": {"clusterIP": "10.220.0.10", "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}}
+    api = {"metadata": {"name": "kubernetes", "namespace": "default"},
+           "spec": {"clusterIP": "10.220.0.1", "ports": [{"name": "https", "port": 443, "targetPort": 6443}]}}
+    empty = {"metadata": {"name": "idle", "namespace": "shop"},
+             "spec": {"clusterIP": "10.220.0.11", "ports": [{"name": "http", "port": 80}]}}
+    slices = [
+        {"metadata": {"name": "web-1", "namespace": "shop", "labels": {"kubernetes.io/service-name": "web"}},
+         "ports": [{"name": "http", "port": 8080}],
+         "endpoints": [{"addresses": ["10.210.1.5"], "conditions": {"ready": True}},
+                       {"addresses": ["10.210.2.6"], "conditions": {"ready": True}}]},
+        {"metadata": {"name": "k-1", "namespace": "default", "labels": {"kubernetes.io/service-name": "kubernetes"}},
+         "ports": [{"name": "https", "port": 6443}],
+         "endpoints": [{"addresses": ["10.200.0.1"], "conditions": {"ready": True}}]},
+    ]
+    snap = build(node="node-1", trust_domain="cluster.local",
+                 namespaces=[ns("shop", **{"ambit.dev/dataplane-mode": "ambient"}), ns("default")],
+                 pods=[pod("web-1"), pod("web-2", ip="10.210.2.6", node="node-2", labels={"ambit.dev/dataplane-mode": "none"})],
+                 services=[svc, api, empty], endpoint_slices=slices)
+    return SnapshotResolver(SnapshotHolder(snap)), snap
+
+
+@pytest.mark.parametrize(
+    "ip, port, expected",
+    [
+        ("10.220.0.10", 80, ("mesh", [("10.210.1.5", 8080, True), ("10.210.2.6", 8080, False)])),
+        ("10.220.0.10", 81, ("mesh", [])),
+        ("10.220.0.11", 80, ("mesh", [])),
+        ("10.220.0.1", 443, ("passthrough", None)),
+        ("10.210.1.5", 9090, ("mesh", [("10.210.1.5", 9090, True)])),
+        ("192.0.2.44", 80, ("passthrough", None)),
+    ],
+    ids=["service", "service-unknown-port", "service-no-endpoints", "non-pod-endpoints", "pod-ip", "outside"],
+)
+def test_resolver_routes(ip, port, expected):
+    from node_agent.proxy import model
+
+    resolver, snap = _resolver_fixture()
+    source = snap.mesh_by_ip["10.210.1.5"]
+    route = resolver.route(source=source, ip=ip, port=port)
+    kind, endpoints = expected
+    if kind == "passthrough":
+        assert isinstance(route, model.Passthrough)
+    else:
+        assert isinstance(route, model.MeshRoute)
+        assert [(e.workload.ip, e.port, e.workload.enrolled) for e in route.endpoints] == endpoints
+    if ip.startswith("10.220."):
+        assert route.service is not None and route.service.vip == ip
