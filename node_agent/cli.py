@@ -150,6 +150,38 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0 if healthy else 1
 
 
+# ---- mesh components -----------------------------------------------------------------------
+def cmd_node_agent(args: argparse.Namespace) -> int:
+    from node_agent.agent import main as agent_main
+    from node_agent.settings import AgentSettings, SettingsError
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        settings = AgentSettings.from_env()
+    except SettingsError as exc:
+        print(f"ambit node-agent: {exc}", file=sys.stderr)
+        return 2
+    return agent_main(settings)
+
+
+def cmd_identity_serve(args: argparse.Namespace) -> int:
+    from node_agent.identity.errors import IdentityError
+    from node_agent.identity.server import main as serve
+    from node_agent.identity.settings import CaSettings, IdentitySettings, ServerSettings
+
+    logging.getLogger().setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    try:
+        settings = IdentitySettings(
+            trust_domain=args.trust_domain,
+            ca=CaSettings(namespace=args.namespace),
+            server=ServerSettings(port=args.port, extra_ips=tuple(args.extra_ip)),
+        )
+    except (IdentityError, ValueError) as exc:
+        print(f"ambit identity serve: {exc}", file=sys.stderr)
+        return 2
+    return serve(settings)
+
+
 # ---- parser ------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="ambit", description="Ambit: an ambient service mesh for Kubernetes")
@@ -176,10 +208,32 @@ def build_parser() -> argparse.ArgumentParser:
     lg.add_argument("pod")
     lg.add_argument("-c", "--container")
     lg.set_defaults(func=cmd_logs)
+
+    agent = sub.add_parser("node-agent", help="run the node agent (the DaemonSet's container; config from env)")
+    agent.set_defaults(func=cmd_node_agent)
+
+    ident = sub.add_parser("identity", help="the identity CA").add_subparsers(dest="identity_cmd", required=True)
+    serve = ident.add_parser("serve", help="run the CA service (the ambit-identity Deployment)")
+    serve.add_argument("--namespace", default=os.environ.get("POD_NAMESPACE", "ambit-system"),
+                       help="namespace of the CA Secret and trust-bundle ConfigMap")
+    serve.add_argument("--trust-domain", default=os.environ.get("AMBIT_TRUST_DOMAIN", "cluster.local"))
+    serve.add_argument("--port", type=int, default=15012)
+    serve.add_argument("--extra-ip", action="append", default=[],
+                       help="an IP address to put in the serving certificate (e.g. the Service ClusterIP)")
+    serve.set_defaults(func=cmd_identity_serve)
+
+    sub.add_parser("cni-install", help="install ambit-cni into the node's CNI config and keep it there "
+                                       "(the DaemonSet's installer container); see `ambit cni-install --help`")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["cni-install"]:  # every flag after it belongs to the installer
+        from cni.install import main as install_main
+
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return install_main(argv[1:])
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")

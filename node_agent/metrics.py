@@ -71,3 +71,76 @@ class TcpMetrics:
 
     def connection(self, labels: ConnectionLabels) -> ConnectionMetrics:
         return ConnectionMetrics(self, labels)
+
+
+class MetricsObserver:
+    """The proxy's ``Observer``: counters per connection, and one log line when it closes."""
+
+    __slots__ = ("_metrics", "_open", "_log")
+
+    def __init__(self, metrics: TcpMetrics) -> None:
+        import logging
+
+        self._metrics = metrics
+        self._open: dict[int, ConnectionMetrics] = {}
+        self._log = logging.getLogger("ambit.access")
+
+    @staticmethod
+    def labels(record) -> ConnectionLabels:
+        dst = record.destination
+        svc = record.destination_service
+        return ConnectionLabels(
+            reporter=record.reporter,
+            source_workload=record.source_workload_name or "unknown",
+            source_workload_namespace=record.source_namespace or "unknown",
+            source_principal=record.source_principal or "unknown",
+            destination_workload=dst.workload_name if dst is not None else "unknown",
+            destination_workload_namespace=dst.namespace if dst is not None else "unknown",
+            destination_service=svc.hostname if svc is not None else (
+                "%s:%d" % record.original_dst if record.original_dst and dst is None else "unknown"),
+            destination_principal=record.destination_principal or "unknown",
+            connection_security_policy=record.security_policy,
+            response_flags=record.response_flags,
+        )
+
+    def opened(self, record) -> None:
+        children = self._metrics.connection(self.labels(record))
+        children.opened.inc()
+        if record.response_flags != "-":
+            children.failed.inc()
+        self._open[record.id] = children
+
+    def closed(self, record, result) -> None:
+        children = self._open.pop(record.id, None)
+        if children is None:  # the proxy promises opened() first; count it anyway rather than lose it
+            children = self._metrics.connection(self.labels(record))
+            children.opened.inc()
+        children.closed.inc()
+        children.received.inc(result.from_client)
+        children.sent.inc(result.from_server)
+        if self._log.isEnabledFor(20):
+            self._log.info("%s", _access_line(record, result))
+
+
+def _access_line(record, result) -> str:
+    import json
+
+    dst = record.destination
+    return json.dumps({
+        "msg": "connection closed",
+        "reporter": record.reporter,
+        "listener": record.listener,
+        "src": record.source_ip,
+        "src_workload": f"{record.source_namespace}/{record.source_workload_name}" if record.source_workload_name else "",
+        "src_principal": record.source_principal,
+        "dst": "%s:%d" % record.destination_address if record.destination_address else "",
+        "dst_workload": f"{dst.namespace}/{dst.workload_name}" if dst is not None else "",
+        "dst_service": record.destination_service.hostname if record.destination_service else "",
+        "dst_principal": record.destination_principal,
+        "security": record.security_policy,
+        "bytes_in": result.from_client,
+        "bytes_out": result.from_server,
+        "duration_ms": round(result.duration * 1000, 1),
+        "flags": record.response_flags,
+        "detail": record.detail,
+    }, separators=(",", ":"))
