@@ -249,6 +249,9 @@ class KubeProxy:
         rules = render_rules(services, slices, existing_chains=existing)
         self._run(["iptables-restore", "-w", "5", "--noflush"], stdin=rules)
         self._ensure_hooks()
+        if rules != self.last_rules:
+            log.info("kube-proxy: applied rules for %d service ports (%d without endpoints)",
+                     rules.count("cluster IP\""), rules.count("has no endpoints"))
         self.last_rules = rules
         self.syncs += 1
         return rules

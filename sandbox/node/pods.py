@@ -237,10 +237,6 @@ class PodWorker:
     def netns_path(self) -> str:
         return str(netns.path(self.netns_name)) if self.netns_name else ""
 
-    def snapshot(self) -> dict:
-        """The status as last computed (for tests and diagnostics)."""
-        return self._status()
-
     # ---- the worker thread ----
     def _halting(self) -> bool:
         return self._delete or self._stop

@@ -101,6 +101,10 @@ def wait(fn, *, timeout: float = 30.0, what: str, diag=lambda: ""):
     raise AssertionError(f"timed out waiting for {what} (last: {last!r})\n{diag()}")
 
 
+def _tail(log: str, lines: int = 40) -> str:
+    return "\n".join([line for line in log.splitlines() if "urllib3" not in line][-lines:])
+
+
 def _ready(pod) -> bool:
     return any(c.type == "Ready" and c.status == "True" for c in (pod.status.conditions or []))
 
@@ -111,7 +115,7 @@ def test_kubelet_runs_pods_from_the_api(sandbox):
     # the lead's launcher uses `ip netns exec`; the kubelet must rejoin the host mount namespace
     kubelets.start(["ip", "netns", "exec", cfg.node_netns("node-2"), *kubelet_argv(cfg, "node-2", 2)[3:]],
                    "kubelet-2")
-    diag = lambda: kubelets.log("kubelet-1")[-3000:] + "\n--- node-2 ---\n" + kubelets.log("kubelet-2")[-3000:]
+    diag = lambda: _tail(kubelets.log("kubelet-1")) + "\n--- node-2 ---\n" + _tail(kubelets.log("kubelet-2"))
 
     def nodes_ready():
         ready = [n for n in core.list_node().items

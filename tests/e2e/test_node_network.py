@@ -6,7 +6,6 @@ link and process it made, also on failure.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
