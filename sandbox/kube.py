@@ -13,5 +13,8 @@ def api_client(cfg: SandboxConfig, *, server: str | None = None) -> k8s_client.A
     configuration = k8s_client.Configuration()
     k8s_config.load_kube_config(config_file=str(cfg.kubeconfig_path), client_configuration=configuration)
     if server:
+        # the loader's refresh hook re-applies the kubeconfig's server on every request; the admin
+        # token is static, so drop the hook to keep the override
+        configuration.refresh_api_key_hook = None
         configuration.host = server
     return k8s_client.ApiClient(configuration)

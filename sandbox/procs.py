@@ -34,12 +34,10 @@ def sandbox_env(cfg: SandboxConfig) -> dict[str, str]:
     return env
 
 
-def start(cfg: SandboxConfig, *, name: str, argv: list[str], netns: str | None = None) -> int:
+def start(cfg: SandboxConfig, *, name: str, argv: list[str]) -> int:
     """Start ``argv`` detached (own session), logging to ``<log_dir>/<name>.log``; returns the pid."""
     cfg.log_dir.mkdir(parents=True, exist_ok=True)
     cfg.pid_dir.mkdir(parents=True, exist_ok=True)
-    if netns:
-        argv = ["ip", "netns", "exec", netns, *argv]
     logf = open(cfg.log_dir / f"{name}.log", "ab")
     try:
         proc = subprocess.Popen(

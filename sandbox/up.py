@@ -36,6 +36,7 @@ def up(cfg: SandboxConfig, *, demo: bool) -> None:
     from sandbox.api.pki import ensure_pki, write_kubeconfig
     from sandbox.node import cni as node_cni
     from sandbox.node import underlay
+    from sandbox.node.kubelet import kubelet_argv
 
     started = time.monotonic()
     _check_prerequisites()
@@ -61,8 +62,7 @@ def up(cfg: SandboxConfig, *, demo: bool) -> None:
     for i in range(1, cfg.nodes + 1):
         node = cfg.node_name(i)
         if procs.pid_of(cfg, f"kubelet-{node}") is None:
-            procs.start(cfg, name=f"kubelet-{node}", netns=cfg.node_netns(node),
-                        argv=procs.python_argv("sandbox.node.kubelet", "--node", node, "--index", str(i)))
+            procs.start(cfg, name=f"kubelet-{node}", argv=kubelet_argv(cfg, node, i))
 
     api = _client(cfg)
     _wait_nodes_ready(cfg, api, timeout=30)

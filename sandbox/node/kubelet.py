@@ -294,17 +294,10 @@ class Kubelet:
 
 
 def node_api_client(cfg: SandboxConfig):
-    """The admin client aimed at the API's address on the bridge (127.0.0.1 is the node's own).
-
-    The kubeconfig loader installs a refresh hook that re-applies the kubeconfig's server on every
-    request; with a static token nothing needs refreshing, so the hook is dropped to keep the
-    override."""
+    """The admin client aimed at the API's address on the bridge (127.0.0.1 is the node's own)."""
     from sandbox.kube import api_client
 
-    client = api_client(cfg, server=cfg.api_url_nodes)
-    client.configuration.refresh_api_key_hook = None
-    client.configuration.host = cfg.api_url_nodes
-    return client
+    return api_client(cfg, server=cfg.api_url_nodes)
 
 
 def main(cfg: SandboxConfig, node: str, index: int) -> int:
