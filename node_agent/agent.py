@@ -174,11 +174,21 @@ class Agent:
             log.warning("certificate for %s not ready yet: %s", w.identity, exc)
 
     # ---- reconcile ------------------------------------------------------------------------
-    async def reconcile(self, snap: Snapshot) -> None:
+    async def reconcile(self, snap: Snapshot, *, initial: bool = False) -> None:
         desired = {w.uid: w for w in snap.enrolled_local() if w.phase in _LIVE_PHASES}
         for uid in list(self.captures.captured):
             if uid not in desired:
                 await self.captures.release(uid)
+        for rec in self.records.all():
+            if rec.uid not in snap.workloads_by_uid:
+                self.records.delete(rec.uid)  # the pod is gone (deleted while we were away)
+            elif initial and rec.uid not in desired and _exists(rec.netns):
+                # unenrolled while the agent was down: its rules would black-hole it; take them out
+                try:
+                    if await asyncio.to_thread(redirect_iptables.remove, rec.netns):
+                        log.info("removed stale redirection of %s/%s (no longer enrolled)", rec.namespace, rec.name)
+                except InpodError as exc:
+                    log.warning("removing stale redirection of %s/%s: %s", rec.namespace, rec.name, exc)
         for uid, w in desired.items():
             if uid in self.captures.captured:
                 continue
@@ -303,7 +313,7 @@ class Agent:
                     return
                 await asyncio.sleep(0.05)
             snap = self._rebuild()
-            await self.reconcile(snap)
+            await self.reconcile(snap, initial=True)
             cni_server = CniServer(path=s.cni_socket, handler=self.on_cni)
             await cni_server.start()
             writer = asyncio.create_task(self._writer(stop), name="snapshot-writer")

@@ -32,7 +32,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     _require_root("ambit up")
     cfg = _sandbox_cfg(args)
     try:
-        sandbox_up.up(cfg, demo=args.demo)
+        sandbox_up.up(cfg, demo=args.demo, mesh=args.mesh)
     except sandbox_up.SandboxError as exc:
         print(f"ambit: {exc}", file=sys.stderr)
         print("ambit: the sandbox is partly up; `ambit down` removes it", file=sys.stderr)
@@ -192,6 +192,8 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
     up.add_argument("--demo", dest="demo", action="store_true", default=True, help="deploy the demo app (default)")
     up.add_argument("--no-demo", dest="demo", action="store_false", help="do not deploy the demo app")
+    up.add_argument("--no-mesh", dest="mesh", action="store_false", default=True,
+                    help="do not install Ambit (CA, node agents, ambit-cni): a plain cluster")
     up.set_defaults(func=cmd_up)
 
     down = sub.add_parser("down", help="remove the local sandbox: namespaces, links, rules, processes, files")

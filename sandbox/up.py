@@ -32,7 +32,7 @@ def is_up(cfg: SandboxConfig) -> bool:
     return procs.pid_of(cfg, "apiserver") is not None
 
 
-def up(cfg: SandboxConfig, *, demo: bool) -> None:
+def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
     from sandbox.api.pki import ensure_pki, write_kubeconfig
     from sandbox.node import cni as node_cni
     from sandbox.node import underlay
@@ -68,12 +68,22 @@ def up(cfg: SandboxConfig, *, demo: bool) -> None:
     _wait_nodes_ready(cfg, api, timeout=30)
     _say(f"{cfg.nodes} nodes Ready")
 
+    if mesh:
+        from sandbox import mesh as ambit_mesh
+
+        apply_objects(api, ambit_mesh.objects(cfg))
+        _wait_pods_ready(api, namespace=ambit_mesh.NAMESPACE, expected=cfg.nodes + 1, timeout=60)
+        _say(f"ambit installed: identity CA at {ambit_mesh.ca_cluster_ip(cfg)}:{ambit_mesh.CA_PORT}, "
+             f"a node agent and ambit-cni on each node")
     if demo:
         from sandbox.demo import manifests
 
         apply_objects(api, manifests.load())
         _wait_pods_ready(api, namespace="demo", timeout=60)
         _say("demo application Running in namespace demo")
+        if mesh:
+            enrol_namespace(api, "demo")
+            _say("namespace demo enrolled (ambit.dev/dataplane-mode=ambient): its traffic now runs over mTLS")
     _say(f"sandbox up in {time.monotonic() - started:.1f}s; kubeconfig: {cfg.kubeconfig_path}")
 
 
@@ -153,7 +163,15 @@ def _wait_nodes_ready(cfg: SandboxConfig, api, *, timeout: float) -> None:
     raise SandboxError(f"nodes {sorted(want - ready)} not Ready after {timeout:.0f}s; see {cfg.log_dir}")
 
 
-def _wait_pods_ready(api, *, namespace: str, timeout: float) -> None:
+def enrol_namespace(api, namespace: str) -> None:
+    from kubernetes import client
+
+    client.CoreV1Api(api).patch_namespace(
+        namespace, {"metadata": {"labels": {"ambit.dev/dataplane-mode": "ambient"}}},
+        _content_type="application/merge-patch+json")
+
+
+def _wait_pods_ready(api, *, namespace: str, timeout: float, expected: int = 1) -> None:
     from kubernetes import client
 
     core = client.CoreV1Api(api)
@@ -166,10 +184,10 @@ def _wait_pods_ready(api, *, namespace: str, timeout: float) -> None:
             if p.status.phase != "Running"
             or not any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
         ]
-        if pods and not pending:
+        if len(pods) >= expected and not pending:
             return
         time.sleep(0.25)
-    raise SandboxError(f"pods in {namespace} not ready after {timeout:.0f}s: {', '.join(pending) or 'none created'}; "
+    raise SandboxError(f"pods in {namespace} not ready after {timeout:.0f}s: {', '.join(pending) or 'too few created'}; "
                        f"try `kubectl get pods -n {namespace}` and `ambit sandbox logs {namespace}/<pod>`")
 
 

@@ -1,0 +1,348 @@
+"""The mesh core as a user tries it, on a sandbox of its own (issue: mesh core, "Done when").
+
+Two pods on different nodes; a request carrying a unique marker crosses the underlay in plaintext
+before the namespace is labelled, and only as TLS 1.3 to port 15008 after; removing the label
+restores plaintext; no pod restarts. Certificates, refusals, metrics, agent and CA outages,
+garbage on 15008.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import ssl
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.root
+
+NAME, INDEX = "mesht", 3
+AMBIT = [sys.executable, "-m", "node_agent.cli"]
+
+ECHO_SERVER = r"""
+import http.server, socketserver
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = ("echo " + self.path + "\n").encode()
+        self.send_response(200); self.send_header("Content-Length", str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *a): pass
+class S(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True; allow_reuse_address = True
+S(("0.0.0.0", 8080), H).serve_forever()
+"""
+
+
+class Sandbox:
+    def __init__(self, base: Path) -> None:
+        self.env = dict(os.environ, AMBIT_SANDBOX=NAME, AMBIT_SANDBOX_INDEX=str(INDEX), AMBIT_SANDBOX_DIR=str(base))
+        sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+        from sandbox.config import SandboxConfig
+
+        self.cfg = SandboxConfig(name=NAME, index=INDEX, base_dir=base)
+
+    def ambit(self, *args, check=True, timeout=60):
+        out = subprocess.run([*AMBIT, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check:
+            assert out.returncode == 0, f"ambit {' '.join(args)}: {out.stdout}{out.stderr}"
+        return out
+
+    def kubectl(self, *args, check=True, input=None):
+        out = subprocess.run(["kubectl", "--kubeconfig", str(self.cfg.kubeconfig_path), *args], capture_output=True,
+                             text=True, timeout=60, input=input)
+        if check:
+            assert out.returncode == 0, f"kubectl {' '.join(args)}: {out.stderr}"
+        return out
+
+    def get(self, *args) -> dict:
+        return json.loads(self.kubectl("get", *args, "-o", "json").stdout)
+
+    def node_exec(self, node: str, *cmd, timeout=30, check=False):
+        return subprocess.run(["nsenter", f"--net=/run/netns/{self.cfg.node_netns(node)}", "--", *cmd],
+                              capture_output=True, text=True, timeout=timeout, check=check)
+
+    def pod_exec(self, pod: str, *cmd, timeout=30):
+        return self.ambit("sandbox", "exec", f"shop/{pod}", "--", *cmd, check=False, timeout=timeout)
+
+    def config_dump(self, node: str) -> dict:
+        out = self.node_exec(node, "curl", "-s", "-m", "5", "http://127.0.0.1:15000/config_dump")
+        return json.loads(out.stdout) if out.returncode == 0 and out.stdout else {}
+
+
+@pytest.fixture(scope="module")
+def sb(tmp_path_factory):
+    s = Sandbox(tmp_path_factory.mktemp("mesh"))
+    try:
+        s.ambit("up", "--nodes", "2", "--no-demo", timeout=180)
+        s.kubectl("create", "namespace", "shop")
+        for name, node, command in (
+            ("server", "node-2", ["python3", "-c", ECHO_SERVER]),
+            ("client", "node-1", ["sleep", "3600"]),
+        ):
+            pod = {"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": name, "namespace": "shop", "labels": {"app": name}},
+                   "spec": {"nodeName": node, "serviceAccountName": "default",
+                            "containers": [{"name": name, "image": "none", "command": command}]}}
+            if name == "server":
+                pod["spec"]["containers"][0]["readinessProbe"] = {"tcpSocket": {"port": 8080}, "periodSeconds": 1}
+            s.kubectl("apply", "-f", "-", input=json.dumps(pod))
+        s.kubectl("create", "service", "clusterip", "server", "-n", "shop", "--tcp=80:8080")
+        s.kubectl("wait", "-n", "shop", "--for=condition=Ready", "pod/server", "pod/client", "--timeout=60s")
+        yield s
+    finally:
+        s.ambit("down", check=False, timeout=180)
+
+
+def _server_ip(sb: Sandbox) -> str:
+    return sb.get("pod", "-n", "shop", "server")["status"]["podIP"]
+
+
+def _service_ip(sb: Sandbox) -> str:
+    return sb.get("service", "-n", "shop", "server")["spec"]["clusterIP"]
+
+
+class Capture:
+    """tcpdump on node-1's link to the underlay (the host side of its veth)."""
+
+    def __init__(self, sb: Sandbox, path: Path) -> None:
+        self.path = path
+        self.proc = subprocess.Popen(["tcpdump", "-i", sb.cfg.node_host_veth(1), "-U", "-s", "0", "-w", str(path),
+                                      "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and not (path.exists() and path.stat().st_size > 0):
+            time.sleep(0.05)
+        time.sleep(0.2)
+
+    def stop(self) -> bytes:
+        time.sleep(0.3)
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=10)
+        return self.path.read_bytes()
+
+
+def _wait(pred, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _captured(sb: Sandbox, node: str, pod: str) -> bool:
+    return any(p.get("name") == pod and p.get("redirection") == "installed"
+               for p in sb.config_dump(node).get("redirection", []))
+
+
+def _request(sb: Sandbox, marker: str, target: str | None = None):
+    target = target or f"{_service_ip(sb)}:80"
+    return sb.pod_exec("client", "curl", "-s", "-m", "10", f"http://{target}/{marker}")
+
+
+def _label(sb: Sandbox, on: bool) -> None:
+    if on:
+        sb.kubectl("label", "namespace", "shop", "ambit.dev/dataplane-mode=ambient", "--overwrite")
+        _wait(lambda: _captured(sb, "node-1", "client") and _captured(sb, "node-2", "server"), what="pods captured")
+    else:
+        sb.kubectl("label", "namespace", "shop", "ambit.dev/dataplane-mode-")
+        _wait(lambda: not _captured(sb, "node-1", "client") and not _captured(sb, "node-2", "server"),
+              what="pods released")
+
+
+def _restarts(sb: Sandbox) -> dict:
+    return {p["metadata"]["name"]: (p["metadata"]["uid"], sum(c.get("restartCount", 0)
+                                                               for c in p["status"].get("containerStatuses", [])))
+            for p in sb.get("pods", "-n", "shop")["items"]}
+
+
+TLS13_SERVER_HELLO = b"\x00\x2b\x00\x02\x03\x04"  # supported_versions = TLS 1.3 in a ServerHello
+
+
+def test_label_moves_traffic_to_mtls_and_back_without_restarts(sb, tmp_path):
+    before = _restarts(sb)
+
+    marker = f"plain-{uuid.uuid4().hex}"
+    cap = Capture(sb, tmp_path / "plain.pcap")
+    out = _request(sb, marker)
+    wire = cap.stop()
+    assert out.returncode == 0 and marker in out.stdout, out.stderr
+    assert marker.encode() in wire, "before enrolment the request should cross the underlay in plaintext"
+
+    _label(sb, True)
+    marker = f"secret-{uuid.uuid4().hex}"
+    cap = Capture(sb, tmp_path / "mtls.pcap")
+    out = _request(sb, marker)
+    wire = cap.stop()
+    assert out.returncode == 0 and f"echo /{marker}" in out.stdout, out.stdout + out.stderr
+    assert marker.encode() not in wire, "the marker crossed the underlay in plaintext after enrolment"
+    assert TLS13_SERVER_HELLO in wire, "no TLS 1.3 ServerHello on the wire"
+    tcpdump = subprocess.run(["tcpdump", "-nr", str(tmp_path / "mtls.pcap")], capture_output=True, text=True).stdout
+    assert f"{_server_ip(sb)}.15008" in tcpdump, tcpdump[-2000:]
+    assert ".8080" not in tcpdump and ".80:" not in tcpdump
+
+    _label(sb, False)
+    marker = f"plain-again-{uuid.uuid4().hex}"
+    cap = Capture(sb, tmp_path / "plain2.pcap")
+    out = _request(sb, marker)
+    wire = cap.stop()
+    assert out.returncode == 0 and marker in out.stdout
+    assert marker.encode() in wire
+    assert _restarts(sb) == before, "enrolment must not restart or recreate pods"
+
+
+def _trust_bundle(sb: Sandbox, path: Path) -> Path:
+    cm = sb.get("configmap", "-n", "ambit-system", "ambit-trust-bundle")
+    path.write_text(cm["data"]["root-cert.pem"])
+    return path
+
+
+def test_tunnel_presents_the_pods_spiffe_id_and_refuses_strangers(sb, tmp_path):
+    _label(sb, True)
+    server_ip = _server_ip(sb)
+    root = _trust_bundle(sb, tmp_path / "root.pem")
+    # no client certificate: the handshake shows the server's certificate, then the server refuses us
+    out = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{sb.cfg.node_netns('node-1')}", "--", "openssl", "s_client", "-connect",
+         f"{server_ip}:15008", "-showcerts", "-tls1_3"], input="hello\n", capture_output=True, text=True, timeout=20)
+    certs = re.findall(r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", out.stdout, re.S)
+    assert certs, out.stdout + out.stderr
+    leaf = tmp_path / "leaf.pem"
+    leaf.write_text(certs[0] + "\n")
+    chain = tmp_path / "chain.pem"
+    chain.write_text("\n".join(certs[1:]) + "\n")
+    san = subprocess.run(["openssl", "x509", "-in", str(leaf), "-noout", "-ext", "subjectAltName"],
+                         capture_output=True, text=True).stdout
+    assert "URI:spiffe://cluster.local/ns/shop/sa/default" in san
+    verify_args = ["openssl", "verify", "-CAfile", str(root)]
+    if certs[1:]:
+        verify_args += ["-untrusted", str(chain)]
+    verify = subprocess.run([*verify_args, str(leaf)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+    assert "hello" not in out.stdout
+    # a client with a certificate from another root is refused too
+    key, crt = tmp_path / "k.pem", tmp_path / "c.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+                    "-keyout", str(key), "-out", str(crt), "-days", "1", "-subj", "/O=intruder",
+                    "-addext", "subjectAltName=URI:spiffe://cluster.local/ns/shop/sa/default"],
+                   check=True, capture_output=True)
+    out2 = subprocess.run(
+        ["nsenter", f"--net=/run/netns/{sb.cfg.node_netns('node-1')}", "--", "openssl", "s_client", "-connect",
+         f"{server_ip}:15008", "-cert", str(crt), "-key", str(key), "-tls1_3"],
+        input="GET / HTTP/1.0\r\n\r\n", capture_output=True, text=True, timeout=20)
+    assert "echo" not in out2.stdout
+    metrics = _metrics(sb, 2)
+    assert re.search(r'ambit_tcp_connections_failed_total\{[^}]*reporter="destination"[^}]*\} [1-9]', metrics), \
+        "refused tunnel clients are counted"
+
+
+def _metrics(sb: Sandbox, i: int) -> str:
+    with urllib.request.urlopen(f"http://{sb.cfg.node_ip(i)}:15020/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_metrics_label_the_mtls_connection_and_pass_promtool(sb, tmp_path):
+    _label(sb, True)
+    assert _request(sb, "metrics-probe").returncode == 0
+    for i, reporter in ((1, "source"), (2, "destination")):
+        text = _metrics(sb, i)
+        line = next((l for l in text.splitlines() if l.startswith("ambit_tcp_connections_opened_total{")
+                     and f'reporter="{reporter}"' in l and 'source_workload="client"' in l), None)
+        assert line, text
+        assert 'destination_workload="server"' in line
+        assert 'source_workload_namespace="shop"' in line and 'destination_workload_namespace="shop"' in line
+        assert 'connection_security_policy="mutual_tls"' in line
+        assert 'source_principal="spiffe://cluster.local/ns/shop/sa/default"' in line
+        assert 'destination_service="server.shop.svc.cluster.local"' in line or reporter == "destination"
+        f = tmp_path / f"m{i}.txt"
+        f.write_text(text)
+        check = subprocess.run(["promtool", "check", "metrics"], stdin=f.open(), capture_output=True, text=True)
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
+def _set_agent_on(sb: Sandbox, node: str, on: bool) -> None:
+    """Take the agent off a node the way an operator would: a nodeSelector on the DaemonSet."""
+    selector = {"kubernetes.io/hostname": node} if on else {"ambit.dev/no-such-node": "true"}
+    sb.kubectl("patch", "daemonset", "-n", "ambit-system", "ambit-node-agent", "--type=merge",
+               "-p", json.dumps({"spec": {"template": {"spec": {"nodeSelector": selector}}}}))
+
+
+def _agent_running(sb: Sandbox, node: str) -> bool:
+    pods = sb.get("pods", "-n", "ambit-system", "-l", "app=ambit-node-agent")["items"]
+    return any(p["spec"].get("nodeName") == node and p["status"].get("phase") == "Running"
+               and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
+               for p in pods)
+
+
+def test_agent_down_fails_closed_and_recovers_without_pod_restarts(sb, tmp_path):
+    _label(sb, True)
+    before = _restarts(sb)
+    try:
+        _set_agent_on(sb, "node-2", True)  # node-1 loses its agent; node-2 keeps one
+        _wait(lambda: not _agent_running(sb, "node-1"), what="node-1 agent gone")
+        marker = f"down-{uuid.uuid4().hex}"
+        cap = Capture(sb, tmp_path / "down.pcap")
+        out = _request(sb, marker)
+        wire = cap.stop()
+        assert out.returncode != 0 or "echo" not in out.stdout, "connection succeeded without the agent"
+        assert marker.encode() not in wire, "plaintext leaked while the agent was down"
+    finally:
+        sb.kubectl("patch", "daemonset", "-n", "ambit-system", "ambit-node-agent", "--type=json",
+                   "-p", '[{"op":"remove","path":"/spec/template/spec/nodeSelector"}]')
+    _wait(lambda: _agent_running(sb, "node-1") and _captured(sb, "node-1", "client"), timeout=40,
+          what="node-1 agent back")
+    out = _wait(lambda: (r := _request(sb, "after-restart")).returncode == 0 and "echo" in r.stdout and r,
+                what="traffic restored")
+    assert "after-restart" in out.stdout
+    assert _restarts(sb) == before
+
+
+def test_ca_down_does_not_break_traffic(sb):
+    _label(sb, True)
+    sb.kubectl("scale", "deployment", "-n", "ambit-system", "ambit-identity", "--replicas=0")
+    try:
+        _wait(lambda: not sb.get("pods", "-n", "ambit-system", "-l", "app=ambit-identity")["items"],
+              what="CA gone")
+        out = _request(sb, "ca-down")
+        assert out.returncode == 0 and "echo /ca-down" in out.stdout
+    finally:
+        sb.kubectl("scale", "deployment", "-n", "ambit-system", "ambit-identity", "--replicas=1")
+
+
+HALF_THEN_FINISH = r"""
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 80), timeout=10)
+s.sendall(b"GET /survivor HTTP/1.0\r\n")
+time.sleep(float(sys.argv[2]))
+s.sendall(b"\r\n")
+data = b""
+while True:
+    chunk = s.recv(4096)
+    if not chunk: break
+    data += chunk
+print(data.decode(errors="replace"))
+"""
+
+
+def test_garbage_on_15008_is_refused_and_harms_no_one(sb):
+    _label(sb, True)
+    server_ip = _server_ip(sb)
+    survivor = subprocess.Popen([*AMBIT, "sandbox", "exec", "shop/client", "--", "python3", "-c", HALF_THEN_FINISH,
+                                 _service_ip(sb), "2"], env=sb.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    time.sleep(0.5)
+    for payload in (os.urandom(4096).hex(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\x16\x03\x01\x00\x05hello"):
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{sb.cfg.node_netns('node-1')}", "--", "curl", "-s",
+                            "-m", "3", "--data-binary", payload, f"http://{server_ip}:15008/"],
+                           capture_output=True, text=True, timeout=20)
+        assert "echo" not in r.stdout
+    out, err = survivor.communicate(timeout=30)
+    assert "echo /survivor" in out, out + err
+    assert _request(sb, "after-garbage").returncode == 0
