@@ -5,6 +5,8 @@ PY    := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iptables nftables containernetworking-plugins curl openssl tcpdump \
                 procps psmisc kmod python3-venv prometheus iperf3 wrk nginx libnginx-mod-stream nghttp2-client
 STAMP := $(VENV)/.ambit-installed
+BENCH_APT_PACKAGES := iperf3 wrk nginx libnginx-mod-stream nghttp2-client
+BENCH_ARGS ?=
 
 .PHONY: deps venv demo test unit down clean bench
 
@@ -32,6 +34,13 @@ test: deps
 
 unit: deps
 	$(PY) -m pytest -q -ra tests/unit
+
+# Benchmark rig (docs/benchmarks.md): its own sandbox, ~10 min; results in bench/results/.
+bench: deps
+	@missing=""; for p in $(BENCH_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	$(PY) -m bench $(BENCH_ARGS)
 
 down:
 	-$(VENV)/bin/ambit down

@@ -1,0 +1,248 @@
+"""Results -> medians, ratios, the Markdown report and the JSON beside it (pure, no I/O but writing).
+
+``Results`` is the raw record of one run (every repetition's sample per path and figure, memory
+and CNI readings, errors); ``render`` turns it into the Markdown tables ``docs/benchmarks.md``
+explains; ``machine`` describes the machine the figures belong to.
+"""
+from __future__ import annotations
+
+import json
+import platform
+import statistics
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+PATHS = ("direct", "nginx-mtls", "ambit", "direct-same-node", "ambit-same-node")
+"""``direct``/``ambit``/``nginx-mtls`` are cross-node (client on node-1, server on node-2)."""
+
+FIGURES = {
+    # key: (label, unit, higher is better)
+    "iperf1_gbps": ("iperf3 throughput, 1 stream", "Gb/s", True),
+    "iperf4_gbps": ("iperf3 throughput, 4 streams", "Gb/s", True),
+    "cpu_s_per_gb": ("relay CPU per GB moved (1 stream)", "CPU s/GB", False),
+    "c1_p50_ms": ("wrk c=1 latency p50", "ms", False),
+    "c1_p99_ms": ("wrk c=1 latency p99", "ms", False),
+    "c1_rps": ("wrk c=1 requests/s", "req/s", True),
+    "c32_rps": ("wrk c=32 requests/s", "req/s", True),
+    "c32_p99_ms": ("wrk c=32 latency p99", "ms", False),
+    "conn_rate": ("new connections/s (Connection: close, c=32)", "conn/s", True),
+}
+
+
+@dataclass
+class Results:
+    meta: dict
+    samples: dict  # path -> figure -> [value per repetition]
+    errors: dict  # path -> [message]
+    memory: dict
+    cni: dict
+
+    def median(self, path: str, figure: str) -> float | None:
+        values = [v for v in self.samples.get(path, {}).get(figure, []) if v is not None]
+        return statistics.median(values) if values else None
+
+    def to_json(self) -> dict:
+        medians = {p: {f: self.median(p, f) for f in FIGURES} for p in PATHS}
+        return {"meta": self.meta, "medians": medians, "samples": self.samples, "errors": self.errors,
+                "memory": self.memory, "cni": self.cni, "targets": targets(self)}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if a is None or b is None or b == 0:
+        return None
+    return a / b
+
+
+def _fmt(v: float | None, unit: str = "") -> str:
+    if v is None:
+        return "—"
+    if unit in ("req/s", "conn/s"):
+        return f"{v / 1000:.1f}k" if v >= 1000 else f"{v:.0f}"
+    if abs(v) >= 100:
+        return f"{v:.0f}"
+    if abs(v) >= 10:
+        return f"{v:.1f}"
+    if abs(v) >= 1:
+        return f"{v:.2f}"
+    return f"{v:.3f}"
+
+
+def _fmt_ratio(v: float | None) -> str:
+    return "—" if v is None else f"{v:.2f}×"
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def memory_figures(mem: dict) -> dict[str, float | None]:
+    """MB/KB figures derived from the raw /proc readings (max over the two nodes where per node)."""
+    out: dict[str, float | None] = {}
+    idle = mem.get("agent_idle_kb") or {}
+    out["agent_idle_mb"] = max(idle.values()) / 1024 if idle else None
+    nginx_idle = mem.get("nginx_idle_kb") or {}
+    out["nginx_idle_mb"] = max(nginx_idle.values()) / 1024 if nginx_idle else None
+    scale = mem.get("scale") or {}
+    per_pod = [(v["after_kb"] - v["before_kb"]) / v["pods"] for v in scale.values() if v.get("pods")]
+    out["agent_kb_per_pod"] = max(per_pod) if per_pod else None
+    for relay in ("ambit", "nginx-mtls"):
+        conns = (mem.get("idle_connections") or {}).get(relay) or {}
+        n = conns.get("count") or 0
+        nodes = conns.get("nodes") or {}
+        per_conn = [(v["after_kb"] - v["before_kb"]) / n for v in nodes.values()] if n else []
+        out[f"{relay}_kb_per_conn"] = max(per_conn) if per_conn else None
+        out[f"{relay}_with_conns_mb"] = max(v["after_kb"] for v in nodes.values()) / 1024 if nodes else None
+    peak = mem.get("agent_peak_kb") or {}
+    out["agent_peak_mb"] = max(peak.values()) / 1024 if peak else None
+    after = mem.get("agent_after_load_kb") or {}
+    out["agent_after_load_mb"] = max(after.values()) / 1024 if after else None
+    nginx_peak = mem.get("nginx_peak_kb") or {}
+    out["nginx_peak_mb"] = max(nginx_peak.values()) / 1024 if nginx_peak else None
+    return out
+
+
+def targets(r: Results) -> list[dict]:
+    m = r.median
+    mem = memory_figures(r.memory)
+    direct_p50 = m("direct", "c1_p50_ms")
+    added = {p: (m(p, "c1_p50_ms") - direct_p50) if m(p, "c1_p50_ms") is not None and direct_p50 is not None
+             else None for p in ("ambit", "nginx-mtls")}
+    cni_en, cni_not = r.cni.get("enrolled_ms") or [], r.cni.get("not_enrolled_ms") or []
+    peak_ratio = _ratio(mem["agent_peak_mb"], mem["agent_idle_mb"])
+    rows = [
+        ("cross-node throughput (1 stream) ÷ nginx-mtls", ">=", 1.1,
+         _ratio(m("ambit", "iperf1_gbps"), m("nginx-mtls", "iperf1_gbps")), "×"),
+        ("requests/s at c=32 ÷ nginx-mtls", ">=", 1.0, _ratio(m("ambit", "c32_rps"), m("nginx-mtls", "c32_rps")), "×"),
+        ("added p50 latency at c=1 over direct ÷ nginx-mtls's", "<=", 1.0,
+         _ratio(added["ambit"], added["nginx-mtls"]), "×"),
+        ("new connections/s ÷ nginx-mtls", ">=", 3.0, _ratio(m("ambit", "conn_rate"), m("nginx-mtls", "conn_rate")), "×"),
+        ("same-node throughput (1 stream) ÷ direct same-node", ">=", 0.5,
+         _ratio(m("ambit-same-node", "iperf1_gbps"), m("direct-same-node", "iperf1_gbps")), "×"),
+        ("agent RSS idle", "<=", 40.0, mem["agent_idle_mb"], "MB"),
+        ("agent RSS per enrolled pod", "<=", 0.2, None if mem["agent_kb_per_pod"] is None
+         else mem["agent_kb_per_pod"] / 1024, "MB"),
+        ("agent RSS bounded under load: peak during throughput runs ÷ idle", "<=", 1.5, peak_ratio, "×"),
+        ("CNI ADD p99, enrolled pods", "<=", 50.0, percentile(cni_en, 99), "ms"),
+        ("CNI ADD p99, other pods", "<=", 10.0, percentile(cni_not, 99), "ms"),
+    ]
+    out = []
+    for name, op, goal, value, unit in rows:
+        met = None if value is None else (value >= goal if op == ">=" else value <= goal)
+        out.append({"target": name, "goal": f"{'≥' if op == '>=' else '≤'} {goal:g} {unit}".strip(),
+                    "value": value, "unit": unit, "met": met})
+    return out
+
+
+def render(r: Results) -> str:
+    meta = r.meta
+    m = r.median
+    lines = [
+        f"# Ambit benchmark, {meta['date']}, commit {meta['commit']}{' (with uncommitted changes)' if meta.get('dirty') else ''}",
+        "",
+        f"- machine: {meta['cpu']}, {meta['cores']} cores, {meta['memory_gib']:.0f} GiB, kernel {meta['kernel']}",
+        f"- software: Python {meta['python']}, uvloop {meta.get('uvloop', '?')}, {meta.get('openssl', '?')}, "
+        f"{meta.get('nginx', '?')}, {meta.get('iperf3', '?')}, {meta.get('wrk', '?')}",
+        f"- run: {meta['repetitions']} interleaved repetitions, medians shown; iperf3 -t {meta['iperf_seconds']}, "
+        f"wrk -d {meta['wrk_seconds']}s (c=1: 1 thread; c={meta['wrk_connections']}: 2 threads); "
+        f"{meta['scale_pods']} enrolled idle pods, {meta['idle_connections']} idle connections, "
+        f"{meta['cni_samples']} CNI ADDs per kind; total {meta.get('elapsed_s', 0) / 60:.1f} min",
+        "- what each figure means and how it is measured: docs/benchmarks.md",
+        "",
+        "## Data path (cross-node unless marked same-node)",
+        "",
+        "| figure | direct | nginx-mtls | ambit | ambit ÷ nginx-mtls | ambit ÷ direct | direct same-node "
+        "| ambit same-node | same-node ambit ÷ direct |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key, (label, unit, _) in FIGURES.items():
+        v = {p: m(p, key) for p in PATHS}
+        lines.append(
+            f"| {label} ({unit}) | {_fmt(v['direct'], unit)} | {_fmt(v['nginx-mtls'], unit)} | {_fmt(v['ambit'], unit)} "
+            f"| {_fmt_ratio(_ratio(v['ambit'], v['nginx-mtls']))} | {_fmt_ratio(_ratio(v['ambit'], v['direct']))} "
+            f"| {_fmt(v['direct-same-node'], unit)} | {_fmt(v['ambit-same-node'], unit)} "
+            f"| {_fmt_ratio(_ratio(v['ambit-same-node'], v['direct-same-node']))} |")
+    mem = memory_figures(r.memory)
+    cni_en, cni_not = r.cni.get("enrolled_ms") or [], r.cni.get("not_enrolled_ms") or []
+    n_conn = (r.memory.get("idle_connections") or {}).get("ambit", {}).get("count", 0)
+    lines += [
+        "",
+        "## Memory and CNI (per node: the larger of the two nodes)",
+        "",
+        "| figure | ambit (node agent) | nginx-mtls (nginx per node) | ambit ÷ nginx-mtls |",
+        "|---|---:|---:|---:|",
+        f"| RSS idle (MB) | {_fmt(mem['agent_idle_mb'])} | {_fmt(mem['nginx_idle_mb'])} "
+        f"| {_fmt_ratio(_ratio(mem['agent_idle_mb'], mem['nginx_idle_mb']))} |",
+        f"| RSS added per enrolled pod (KB) | {_fmt(mem['agent_kb_per_pod'])} | — | — |",
+        f"| RSS with {n_conn} idle connections (MB) | {_fmt(mem['ambit_with_conns_mb'])} "
+        f"| {_fmt(mem['nginx-mtls_with_conns_mb'])} | {_fmt_ratio(_ratio(mem['ambit_with_conns_mb'], mem['nginx-mtls_with_conns_mb']))} |",
+        f"| RSS added per idle connection (KB) | {_fmt(mem['ambit_kb_per_conn'])} | {_fmt(mem['nginx-mtls_kb_per_conn'])} "
+        f"| {_fmt_ratio(_ratio(mem['ambit_kb_per_conn'], mem['nginx-mtls_kb_per_conn']))} |",
+        f"| peak RSS during the throughput runs (MB) | {_fmt(mem['agent_peak_mb'])} | {_fmt(mem['nginx_peak_mb'])} "
+        f"| {_fmt_ratio(_ratio(mem['agent_peak_mb'], mem['nginx_peak_mb']))} |",
+        f"| RSS after all load runs (MB) | {_fmt(mem['agent_after_load_mb'])} | — | — |",
+        f"| CNI ADD p50 / p99, enrolled pods (ms) | {_fmt(percentile(cni_en, 50))} / {_fmt(percentile(cni_en, 99))} | — | — |",
+        f"| CNI ADD p50 / p99, other pods (ms) | {_fmt(percentile(cni_not, 50))} / {_fmt(percentile(cni_not, 99))} | — | — |",
+        "",
+        "## Targets",
+        "",
+        "| target | goal | measured | met |",
+        "|---|---|---:|---|",
+    ]
+    for t in targets(r):
+        value = "—" if t["value"] is None else f"{_fmt(t['value'])} {t['unit']}"
+        met = "not measured" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['target']} | {t['goal']} | {value} | {met} |")
+    problems = [(p, e) for p, errs in r.errors.items() for e in errs]
+    if problems:
+        lines += ["", "## Errors during the run", ""]
+        lines += [f"- {p}: {e}" for p, e in problems[:40]]
+        if len(problems) > 40:
+            lines.append(f"- … and {len(problems) - 40} more (see the JSON file)")
+    return "\n".join(lines) + "\n"
+
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+        return (out.stdout + out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "?"
+
+
+def machine() -> dict:
+    import ssl
+
+    cpu = "?"
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            cpu = line.split(":", 1)[1].strip()
+            break
+    mem_kb = int(next(ln for ln in Path("/proc/meminfo").read_text().splitlines()
+                      if ln.startswith("MemTotal")).split()[1])
+    try:
+        import uvloop
+
+        uv = uvloop.__version__
+    except ImportError:
+        uv = "not installed"
+    import os
+
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": mem_kb / 1024 / 1024, "kernel": platform.release(),
+            "python": platform.python_version(), "uvloop": uv, "openssl": ssl.OPENSSL_VERSION,
+            "nginx": _cmd(["nginx", "-v"]).replace("nginx version: ", ""), "iperf3": _cmd(["iperf3", "-v"]),
+            "wrk": _cmd(["wrk", "-v"]).split(" Copyright")[0]}
+
+
+def write(r: Results, directory: Path) -> tuple[Path, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    stem = f"{r.meta['date']}-{r.meta['commit']}"
+    md, js = directory / f"{stem}.md", directory / f"{stem}.json"
+    md.write_text(render(r))
+    js.write_text(json.dumps(r.to_json(), indent=1, sort_keys=True) + "\n")
+    return md, js
