@@ -55,11 +55,18 @@ class Topology:
         return {**os.environ, "AMBIT_SANDBOX": self.cfg.name, "AMBIT_SANDBOX_INDEX": str(self.cfg.index),
                 "AMBIT_SANDBOX_DIR": str(self.cfg.base_dir)}
 
-    def up(self) -> None:
-        proc = subprocess.run([AMBIT, "up", "--nodes", "2", "--no-demo"], env=self.env, capture_output=True,
-                              text=True, timeout=240)
-        if proc.returncode != 0:
-            raise ToolError(f"ambit up failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
+    def up(self, *, attempts: int = 2) -> None:
+        """``ambit up``; a failed attempt is torn down and tried again (start-up races happen)."""
+        for attempt in range(1, attempts + 1):
+            proc = subprocess.run([AMBIT, "up", "--nodes", "2", "--no-demo"], env=self.env, capture_output=True,
+                                  text=True, timeout=240)
+            if proc.returncode == 0:
+                return
+            failure = f"ambit up failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}"
+            if attempt < attempts:
+                print(f"bench: {failure.strip().splitlines()[-1]}; tearing down and trying again", flush=True)
+                self.down()
+        raise ToolError(failure)
 
     def down(self) -> str:
         proc = subprocess.run([AMBIT, "down"], env=self.env, capture_output=True, text=True, timeout=120)
