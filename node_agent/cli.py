@@ -140,8 +140,9 @@ def cmd_status(args: argparse.Namespace) -> int:
         print()
         print(f"{'NODE':<12}{'STATUS':<10}{'INTERNAL-IP':<16}{'PODS':>5}")
         for n in nodes:
-            ready = any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
-            ip = next((a.address for a in (n.status.addresses or []) if a.type == "InternalIP"), "-")
+            status = n.status
+            ready = bool(status) and any(c.type == "Ready" and c.status == "True" for c in (status.conditions or []))
+            ip = next((a.address for a in ((status and status.addresses) or []) if a.type == "InternalIP"), "-")
             count = sum(1 for p in pods if p.spec.node_name == n.metadata.name)
             print(f"{n.metadata.name:<12}{'Ready' if ready else 'NotReady':<10}{ip:<16}{count:>5}")
     except Exception as exc:

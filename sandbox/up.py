@@ -151,7 +151,7 @@ def _wait_nodes_ready(cfg: SandboxConfig, api, *, timeout: float) -> None:
     while time.monotonic() < deadline:
         ready = {
             n.metadata.name for n in core.list_node().items
-            if any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
+            if n.status and any(c.type == "Ready" and c.status == "True" for c in (n.status.conditions or []))
         }
         if want <= ready:
             return
@@ -181,7 +181,7 @@ def _wait_pods_ready(api, *, namespace: str, timeout: float, expected: int = 1) 
         pods = core.list_namespaced_pod(namespace).items
         pending = [
             p.metadata.name for p in pods
-            if p.status.phase != "Running"
+            if not p.status or p.status.phase != "Running"
             or not any(c.type == "Ready" and c.status == "True" for c in (p.status.conditions or []))
         ]
         if len(pods) >= expected and not pending:

@@ -113,17 +113,15 @@ class Capture:
 
     def __init__(self, sb: Sandbox, path: Path) -> None:
         self.path = path
-        self.proc = subprocess.Popen(["tcpdump", "-i", sb.cfg.node_host_veth(1), "-U", "-s", "0", "-w", str(path),
-                                      "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and not (path.exists() and path.stat().st_size > 0):
-            time.sleep(0.05)
-        time.sleep(0.2)
+        self.proc = subprocess.Popen(["tcpdump", "--immediate-mode", "-i", sb.cfg.node_host_veth(1), "-U", "-s", "0", "-w", str(path),
+                                      "tcp"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        line = self.proc.stderr.readline()  # "listening on <if>, ..." once the capture is attached
+        assert "listening on" in line, line
 
     def stop(self) -> bytes:
         time.sleep(0.3)
         self.proc.send_signal(signal.SIGINT)
-        self.proc.wait(timeout=10)
+        self.proc.communicate(timeout=10)
         return self.path.read_bytes()
 
 
@@ -338,10 +336,15 @@ def test_garbage_on_15008_is_refused_and_harms_no_one(sb):
                                  _service_ip(sb), "2"], env=sb.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                 text=True)
     time.sleep(0.5)
-    for payload in (os.urandom(4096).hex(), "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "\x16\x03\x01\x00\x05hello"):
-        r = subprocess.run(["nsenter", f"--net=/run/netns/{sb.cfg.node_netns('node-1')}", "--", "curl", "-s",
-                            "-m", "3", "--data-binary", payload, f"http://{server_ip}:15008/"],
-                           capture_output=True, text=True, timeout=20)
+    send_raw = ("import socket, sys\n"
+                "s = socket.create_connection((sys.argv[1], 15008), timeout=5)\n"
+                "s.sendall(bytes.fromhex(sys.argv[2]))\n"
+                "try:\n    print(repr(s.recv(4096)))\nexcept OSError as e:\n    print('closed', e)\n")
+    for payload in (os.urandom(4096), b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\x16\x03\x01\x00\x05hello",
+                    b"AMBT\x01\x00\x00\x13" + b"\x00" * 11):
+        r = subprocess.run(["nsenter", f"--net=/run/netns/{sb.cfg.node_netns('node-1')}", "--", sys.executable, "-c",
+                            send_raw, server_ip, payload.hex()], capture_output=True, text=True, timeout=20)
+        assert r.returncode == 0, r.stderr
         assert "echo" not in r.stdout
     out, err = survivor.communicate(timeout=30)
     assert "echo /survivor" in out, out + err
