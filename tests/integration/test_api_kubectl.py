@@ -9,7 +9,6 @@ import signal
 import subprocess
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
 
@@ -17,7 +16,7 @@ from sandbox.api.process import ApiProcess
 from sandbox.config import SandboxConfig
 
 KUBECTL = shutil.which("kubectl")
-pytestmark = pytest.mark.skipif(KUBECTL is None and not os.environ.get("CI"), reason="kubectl is not installed")
+assert KUBECTL, "kubectl is not installed; `make deps` installs it (these tests never skip)"
 
 
 @pytest.fixture(scope="module")
