@@ -22,6 +22,7 @@ from kubernetes import client as k8s
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cni.protocol import CniRequest, CniResponse
+from node_agent.discovery.client import KubeConfigError, load_api_client
 from node_agent.discovery.reflector import Reflector
 from node_agent.identity.client import HttpsCaClient
 from node_agent.identity.manager import CertificateManager
@@ -366,21 +367,6 @@ def _log_exit(task: asyncio.Task) -> None:
         log.error("task %s exited: %r", task.get_name(), exc)
 
 
-def load_api_client() -> k8s.ApiClient:
-    """In-cluster configuration (the DaemonSet), else the default kubeconfig (development)."""
-    from kubernetes import config
-
-    configuration = k8s.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(client_configuration=configuration)
-        except Exception as exc:
-            raise AgentError(f"no Kubernetes configuration: not in a pod and no kubeconfig ({exc})") from exc
-    return k8s.ApiClient(configuration)
-
-
 def main(settings: AgentSettings) -> int:
     try:
         import uvloop
@@ -392,7 +378,11 @@ def main(settings: AgentSettings) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        agent = Agent(settings, api_client=load_api_client())
+        try:
+            api = load_api_client()
+        except KubeConfigError as exc:
+            raise AgentError(str(exc)) from exc
+        agent = Agent(settings, api_client=api)
         await agent.run(stop)
 
     try:

@@ -268,15 +268,9 @@ def main(settings: IdentitySettings, *, api_client: Any = None) -> int:
 
 
 def _default_api_client() -> Any:
-    from kubernetes import client as k8s
-    from kubernetes import config as k8s_config
+    from node_agent.discovery.client import KubeConfigError, load_api_client
 
-    configuration = k8s.Configuration()
     try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
-        try:
-            k8s_config.load_kube_config(client_configuration=configuration)
-        except (k8s_config.ConfigException, OSError) as exc:
-            raise IdentityError(f"no Kubernetes configuration ({exc}); run in a pod or set KUBECONFIG") from exc
-    return k8s.ApiClient(configuration)
+        return load_api_client()
+    except KubeConfigError as exc:
+        raise IdentityError(str(exc)) from exc
