@@ -6,6 +6,8 @@
   and the default ptp + host-local + portmap conflist
 - ``pods``: the pod runtime: sandbox netns + CNI ADD, containers as processes, probes, restarts,
   status; ``containers``, ``launch``, ``probes``, ``podstatus``, ``serviceaccount`` are its parts
+- ``volumes`` (spec -> plan -> files, pure), ``podvolumes`` (API reads, tokens, resync) and
+  ``atomicwriter`` (the ..data swap): the pod's volumes, bind-mounted by ``launch``
 - ``kubeproxy``: ClusterIP routing in each node netns as kube-proxy's iptables mode does it
 - ``kubelet``: the process per node that ties the runtime and kube-proxy to the API
 - ``layout``, ``logs``: where pod state and container logs live on disk

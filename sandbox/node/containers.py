@@ -6,15 +6,20 @@ machine, in the pod's network namespace and a private mount namespace (see ``lau
 """
 from __future__ import annotations
 
+import os
 import re
+import select
 import subprocess
 import sys
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 from sandbox.node.errors import ContainerError
+from sandbox.node.launch import Bind
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+START_TIMEOUT = 10.0
+"""seconds ``spawn`` waits for the launcher to exec the command before reporting it started anyway"""
 _FIELD_KEY_RE = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
 _VAR_RE = re.compile(r"\$\$|\$\(([A-Za-z_][A-Za-z0-9_.-]*)\)")
 
@@ -98,30 +103,54 @@ def container_argv(container: dict, env: Mapping[str, str]) -> list[str]:
     return [expand(part, env) for part in command + args]
 
 
-def launcher_argv(command: list[str], *, netns_path: str | None, secrets_dir: Path | None,
-                  scratch_dir: Path | None, workdir: str | None) -> list[str]:
+def launcher_argv(command: list[str], *, netns_path: str | None, binds: Sequence[Bind] = (),
+                  scratch_dir: Path | None = None, mntns_path: str | None = None,
+                  workdir: str | None = None, ready_fd: int | None = None) -> list[str]:
+    """The launcher command line: ``binds`` (volumes, credentials) need ``scratch_dir``;
+    ``mntns_path`` joins a running container's mount namespace instead (exec probes)."""
     argv = [sys.executable, "-I", "-m", "sandbox.node.launch"]
     if netns_path:
         argv += ["--netns", netns_path]
-    if secrets_dir is not None:
-        argv += ["--secrets", str(secrets_dir), "--scratch", str(scratch_dir)]
+    if mntns_path:
+        argv += ["--mntns", mntns_path]
+    for b in binds:
+        argv += ["--bind-ro" if b.read_only else "--bind", b.source, b.target]
+    if binds:
+        if scratch_dir is None:
+            raise ValueError("BUG: bind mounts need a scratch dir")
+        argv += ["--scratch", str(scratch_dir)]
     if workdir:
         argv += ["--workdir", workdir]
+    if ready_fd is not None:
+        argv += ["--ready-fd", str(ready_fd)]
     return [*argv, "--", *command]
 
 
 def spawn(command: list[str], *, env: Mapping[str, str], log_path: Path, netns_path: str | None,
-          secrets_dir: Path | None = None, scratch_dir: Path | None = None,
+          binds: Sequence[Bind] = (), scratch_dir: Path | None = None,
           workdir: str | None = None) -> subprocess.Popen:
-    """Start one container process (its own session, so its whole process group can be signalled)."""
+    """Start one container process (its own session, so its whole process group can be signalled).
+
+    Returns once the launcher has exec'd the command in its namespaces with its mounts (or
+    failed), as a container runtime's start does: its pid is then in the pod's netns."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    if scratch_dir is not None:
+    if binds and scratch_dir is not None:
         scratch_dir.mkdir(parents=True, exist_ok=True)
-    argv = launcher_argv(command, netns_path=netns_path, secrets_dir=secrets_dir,
-                         scratch_dir=scratch_dir, workdir=workdir)
-    with open(log_path, "ab") as logf:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
-                                env=dict(env), start_new_session=True, close_fds=True)
+    ready_r, ready_w = os.pipe()
+    try:
+        argv = launcher_argv(command, netns_path=netns_path, binds=binds, scratch_dir=scratch_dir,
+                             workdir=workdir, ready_fd=ready_w)
+        with open(log_path, "ab") as logf:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
+                                    env=dict(env), start_new_session=True, close_fds=True, pass_fds=(ready_w,))
+        os.close(ready_w)
+        ready_w = -1
+        select.select([ready_r], [], [], START_TIMEOUT)  # EOF at exec; a stuck setup is not waited for
+    finally:
+        os.close(ready_r)
+        if ready_w >= 0:
+            os.close(ready_w)
+    return proc
 
 
 def start_ticks(pid: int) -> int | None:

@@ -41,6 +41,14 @@ class KubeProxyError(NodeError):
     """Applying a node's service rules with iptables failed."""
 
 
+class ApiError(NodeError):
+    """The API server refused or failed a request the kubelet made (status and its message)."""
+
+    def __init__(self, msg: str, *, status: int | None = None) -> None:
+        self.status = status
+        super().__init__(msg)
+
+
 class ContainerError(NodeError):
     """A container could not be configured or started (bad env reference, missing command)."""
 

@@ -22,8 +22,10 @@ import signal
 import sys
 import threading
 from pathlib import Path
+from typing import Sequence
 
 from sandbox.config import SandboxConfig
+from sandbox.node.errors import ApiError
 from sandbox.node.pods import PodRef, PodRuntime, RuntimeSettings
 
 log = logging.getLogger("sandbox.node.kubelet")
@@ -32,6 +34,8 @@ KUBELET_VERSION = "v1.32.0-ambit"
 HEARTBEAT_SECONDS = 10.0
 RESYNC_SECONDS = 10.0
 MERGE_PATCH = "application/merge-patch+json"
+API_TIMEOUT = 10.0
+"""seconds a pod worker waits for a token or a ConfigMap/Secret read before retrying later"""
 CLONE_NEWNS = 0x00020000
 
 
@@ -186,12 +190,19 @@ class KubePodApi:
             if exc.status not in (404, 409):
                 raise
 
-    def request_token(self, ref: PodRef, *, service_account: str, expiration_seconds: int) -> tuple[str, float]:
+    def request_token(self, ref: PodRef, *, service_account: str, expiration_seconds: int,
+                      audiences: Sequence[str] = ()) -> tuple[str, float]:
+        from kubernetes.client.exceptions import ApiException
+
         body = self._k8s.AuthenticationV1TokenRequest.model_validate({"spec": {
-            "audiences": [], "expirationSeconds": expiration_seconds,
+            "audiences": list(audiences), "expirationSeconds": expiration_seconds,
             "boundObjectRef": {"kind": "Pod", "apiVersion": "v1", "name": ref.name, "uid": ref.uid}}})
-        resp = self.core.create_namespaced_service_account_token(service_account, ref.namespace, body,
-                                                                 _preload_content=False)
+        try:
+            resp = self.core.create_namespaced_service_account_token(service_account, ref.namespace, body,
+                                                                     _preload_content=False,
+                                                                     _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            raise api_error(exc, f"TokenRequest for {ref.namespace}/{service_account}") from exc
         doc = json.loads(resp.data)
         status = doc.get("status") or {}
         token = status.get("token")
@@ -201,6 +212,33 @@ class KubePodApi:
 
     def ca_bundle(self) -> bytes:
         return self._ca
+
+    def read_config_map(self, namespace: str, name: str) -> dict | None:
+        return self._read(self.core.read_namespaced_config_map, namespace, name)
+
+    def read_secret(self, namespace: str, name: str) -> dict | None:
+        return self._read(self.core.read_namespaced_secret, namespace, name)
+
+    def _read(self, read_fn, namespace: str, name: str) -> dict | None:
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            resp = read_fn(name, namespace, _preload_content=False, _request_timeout=API_TIMEOUT)
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise api_error(exc, f"reading {namespace}/{name}") from exc
+        return json.loads(resp.data)
+
+
+def api_error(exc, what: str) -> ApiError:
+    """One line from an ``ApiException``: the status and the API's own message (a Status body)."""
+    try:
+        message = json.loads(exc.body or "{}").get("message") or ""
+    except (TypeError, ValueError):
+        message = ""
+    return ApiError(f"{what}: the API answered {exc.status} {exc.reason or ''}".rstrip()
+                    + (f": {message}" if message else ""), status=exc.status)
 
 
 # ---- the process ---------------------------------------------------------------------------

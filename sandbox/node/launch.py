@@ -5,13 +5,22 @@ execs the container command (so the container's pid is this process's pid):
 
 1. a private mount namespace whose mounts are slaves of the host's (new pod netns mounts under
    /run/netns still appear inside, nothing made inside leaks out);
-2. ``--secrets DIR``: DIR bind-mounted read-only at /var/run/secrets/kubernetes.io/serviceaccount.
-   The mount point usually does not exist on the host, and the host must not be changed, so the
-   deepest existing ancestor (normally /run) is shadowed by a tmpfs that re-binds every original
-   entry of it (recursively, so /run/netns and its namespaces stay visible) plus the new path;
+2. ``--bind SRC DST`` / ``--bind-ro SRC DST`` (repeatable): the pod's volumes and its
+   service-account credentials (at /var/run/secrets/kubernetes.io/serviceaccount), mounted
+   parents first, as container runtimes order them. A mount point that does not exist is made
+   without touching the host: inside another volume it is made in that volume's directory (which
+   the kubelet owns); elsewhere the deepest existing ancestor (normally /run or /tmp) is shadowed
+   by a tmpfs that re-binds every original entry of it (recursively, so /run/netns and its
+   namespaces stay visible) plus the new path. ``--scratch DIR`` is where the original is held
+   meanwhile;
 3. ``--netns PATH``: joins that network namespace and mounts a fresh /sys for it (as
    ``ip netns exec`` does);
 4. ``--workdir DIR``: chdir; then exec with the environment it was given.
+
+``--mntns PATH`` (for exec probes) joins a running container's mount namespace instead of 1-2,
+so the command sees exactly the container's files. ``--ready-fd N`` is a pipe the launcher
+marks close-on-exec: the kubelet sees EOF when the command has been exec'd in its namespaces (or
+setup failed), so "running" means what it means with runc.
 
 Failures print one line to stderr (the container log) and exit 127 (command not found),
 126 (not executable) or 125 (namespace setup failed), as container runtimes do.
@@ -23,8 +32,11 @@ import ctypes
 import errno
 import os
 import sys
+from collections import namedtuple
 
 SA_MOUNT = "/var/run/secrets/kubernetes.io/serviceaccount"
+SHADOW_TMPFS_SIZE = "64m"
+"""room for what a container writes beside the original entries of a shadowed directory"""
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWNET = 0x40000000
@@ -33,7 +45,9 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
+MS_MOVE = 0x2000
 MS_REC = 0x4000
+MS_UNBINDABLE = 0x20000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
 MNT_DETACH = 0x2
@@ -77,18 +91,29 @@ def private_mount_namespace() -> None:
     mount(None, "/", None, MS_REC | MS_SLAVE)
 
 
-def join_netns(path: str) -> None:
+def join_mount_namespace(path: str) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     try:
-        _check(_libc.setns(fd, CLONE_NEWNET), f"join network namespace {path}")
+        _check(_libc.setns(fd, CLONE_NEWNS), f"join mount namespace {path}")
     finally:
         os.close(fd)
+
+
+def join_netns(fd: int, path: str, *, remount_sys: bool = True) -> None:
+    _check(_libc.setns(fd, CLONE_NEWNET), f"join network namespace {path}")
+    if not remount_sys:
+        return
     # /sys shows the network devices of the namespace that mounted it: remount it for ours
     try:
         umount("/sys", MNT_DETACH)
         mount("sysfs", "/sys", "sysfs", MS_NOSUID | MS_NODEV)
     except SetupError:
         pass  # not fatal: only tools reading /sys/class/net notice
+
+
+Bind = namedtuple("Bind", "source target read_only")
+Bind.__doc__ = """One bind mount into the container: ``source`` (a host directory the kubelet owns)
+at ``target`` (the container's path), read-only or not."""
 
 
 def _deepest_existing(path: str) -> str:
@@ -99,16 +124,35 @@ def _deepest_existing(path: str) -> str:
 
 def _shadow_with_tmpfs(directory: str, scratch: str) -> None:
     """Replace ``directory`` (in this mount namespace only) by a tmpfs holding bind mounts of all
-    its original entries, so new paths can be created under it without touching the host."""
+    its original entries, so new paths can be created under it without touching the host.
+
+    The original is held at ``scratch`` meanwhile and reached through a descriptor: ``scratch``
+    itself may lie under ``directory`` (a state dir under /tmp) and vanish beneath the tmpfs."""
     mount(directory, scratch, None, MS_BIND | MS_REC)
-    st = os.stat(directory)
-    mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV, f"mode={st.st_mode & 0o7777:o},size=4m")
-    for entry in os.scandir(scratch):
-        src = os.path.join(scratch, entry.name)
-        dst = os.path.join(directory, entry.name)
+    held = os.open(scratch, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        st = os.fstat(held)
+        mount("tmpfs", directory, "tmpfs", MS_NOSUID | MS_NODEV,
+              f"mode={st.st_mode & 0o7777:o},size={SHADOW_TMPFS_SIZE}")
+        base = f"/proc/self/fd/{held}"
+        _rebind_entries(base, held, directory)
+        try:
+            umount(base, MNT_DETACH)
+        except SetupError:
+            pass  # hidden under the tmpfs, in this namespace only: harmless
+    finally:
+        os.close(held)
+
+
+def _rebind_entries(source: str, held: int, destination: str) -> None:
+    """Recreate every entry of the directory open as ``held`` (reachable at path ``source``) in
+    ``destination``: symlinks copied, directories and files bind-mounted (recursively)."""
+    for entry in os.scandir(held):
+        src = f"{source}/{entry.name}"
+        dst = os.path.join(destination, entry.name)
         try:
             if entry.is_symlink():
-                os.symlink(os.readlink(src), dst)
+                os.symlink(os.readlink(entry.name, dir_fd=held), dst)
             elif entry.is_dir(follow_symlinks=False):
                 os.mkdir(dst, entry.stat(follow_symlinks=False).st_mode & 0o7777)
                 mount(src, dst, None, MS_BIND | MS_REC)
@@ -117,53 +161,152 @@ def _shadow_with_tmpfs(directory: str, scratch: str) -> None:
                     pass
                 mount(src, dst, None, MS_BIND)
         except (OSError, SetupError) as exc:
-            print(f"ambit-sandbox: warning: {directory}/{entry.name} not visible in the container: {exc}",
-                  file=sys.stderr)
-    umount(scratch, MNT_DETACH)
+            print(f"ambit-sandbox: warning: {destination.rstrip('/')}/{entry.name} not visible in the "
+                  f"container: {exc}", file=sys.stderr)
 
 
-def mount_secrets(source: str, *, scratch: str, target: str = SA_MOUNT) -> None:
-    real = os.path.realpath(target)
-    anchor = _deepest_existing(real)
-    if anchor != real:
+def _shadow_root(scratch: str) -> None:
+    """``_shadow_with_tmpfs`` for ``/``: the new root is built on a tmpfs at ``scratch`` (bind
+    mounts of every original top-level entry), moved over ``/`` and entered with chroot, as
+    switch_root does. Lets a volume be mounted at a new top-level path such as /data."""
+    mount("tmpfs", scratch, "tmpfs", MS_NOSUID, f"mode=755,size={SHADOW_TMPFS_SIZE}")
+    # unbindable: the recursive binds of the entry holding scratch (/tmp, /var) leave it out
+    # instead of copying the new root into itself
+    mount(None, scratch, None, MS_UNBINDABLE)
+    held = os.open("/", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        _rebind_entries("", held, scratch)
+    finally:
+        os.close(held)
+    os.chdir(scratch)
+    mount(".", "/", None, MS_MOVE)
+    os.chroot(".")
+    os.chdir("/")
+    mount(None, "/", None, MS_PRIVATE)
+
+
+class Mounter:
+    """Bind-mounts volumes into this (private) mount namespace, making mount points that do not
+    exist without writing to the host: see step 2 of the module docstring."""
+
+    def __init__(self, scratch: str) -> None:
+        self.scratch = scratch
+        self.private: set[str] = set()
+        """directories on a tmpfs of ours (shadows and what was made on them): free to write"""
+        self.volumes: list[tuple[str, str]] = []
+        """(mount point, source directory) of every volume mounted so far"""
+
+    def bind_all(self, binds: list[Bind]) -> None:
+        """Mount ``binds`` parents first. A new top-level directory replaces the root first, while
+        no volume is mounted yet, so that no mount has to be carried over to the new root."""
+        ordered = mount_order(binds)
+        if any(_deepest_existing(os.path.realpath(b.target)) == "/" for b in ordered) and "/" not in self.private:
+            _shadow_root(self.scratch)
+            self.private.add("/")
+        for b in ordered:
+            self.bind(b)
+
+    def bind(self, b: Bind) -> None:
+        real = os.path.realpath(b.target)
+        if os.path.lexists(real):
+            if not os.path.isdir(real):
+                raise SetupError(f"cannot mount a volume at {b.target}: {real} exists and is not a directory")
+        else:
+            self._make_dir(real, b.target)
+        mount(b.source, real, None, MS_BIND)
+        if b.read_only:
+            mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        self.volumes.append((real, b.source))
+
+    def _make_dir(self, real: str, target: str) -> None:
+        anchor = _deepest_existing(real)
         if not os.path.isdir(anchor):
             raise SetupError(f"cannot create {target}: {anchor} is not a directory")
-        _shadow_with_tmpfs(anchor, scratch)
+        holder = self._volume_holding(anchor)
+        if holder is not None:
+            point, source = holder  # made in the volume's own directory, as runtimes do
+            os.makedirs(os.path.join(source, os.path.relpath(real, point)), mode=0o755, exist_ok=True)
+            return
+        if anchor not in self.private:
+            if anchor == "/":
+                _shadow_root(self.scratch)
+            else:
+                _shadow_with_tmpfs(anchor, self.scratch)
+            self.private.add(anchor)
         os.makedirs(real, mode=0o755, exist_ok=True)
-    mount(source, real, None, MS_BIND)
-    mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
+        path = real
+        while path != anchor:
+            self.private.add(path)
+            path = os.path.dirname(path)
+
+    def _volume_holding(self, path: str) -> tuple[str, str] | None:
+        inside = [(point, source) for point, source in self.volumes
+                  if path == point or path.startswith(point.rstrip("/") + "/")]
+        return max(inside, key=lambda v: len(v[0]), default=None)
 
 
-def parse_args(argv: list[str]) -> tuple[dict[str, str], list[str]]:
-    opts: dict[str, str] = {}
-    known = ("--netns", "--secrets", "--scratch", "--workdir")
+def mount_order(binds: list[Bind]) -> list[Bind]:
+    """Parents before children (fewest path elements first), as containerd sorts mounts, so a
+    volume inside another is not hidden by it; otherwise the given order."""
+    return sorted(binds, key=lambda b: os.path.realpath(b.target).rstrip("/").count("/"))
+
+
+Options = namedtuple("Options", "netns mntns scratch workdir ready_fd binds",
+                     defaults=(None, None, None, None, None, ()))
+
+
+USAGE = ("usage: launch [--netns P] [--bind SRC DST]... [--bind-ro SRC DST]... [--scratch D] "
+         "[--mntns P] [--workdir D] [--ready-fd N] -- CMD ARGS")
+
+
+def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
+    single: dict[str, str] = {}
+    binds: list[Bind] = []
     i = 0
     while i < len(argv):
         arg = argv[i]
         if arg == "--":
+            if "ready_fd" in single:
+                if not single["ready_fd"].isdigit():
+                    raise SetupError(f"--ready-fd {single['ready_fd']!r} must be a file descriptor number")
+                single["ready_fd"] = int(single["ready_fd"])
+            opts = Options(binds=tuple(binds), **single)
+            if opts.binds and not opts.scratch:
+                raise SetupError("--bind needs --scratch (where a shadowed directory is held meanwhile)")
+            if opts.binds and opts.mntns:
+                raise SetupError("--bind and --mntns exclude each other: --mntns joins a container as it is")
             return opts, argv[i + 1:]
-        if arg in known and i + 1 < len(argv):
-            opts[arg[2:]] = argv[i + 1]
+        if arg in ("--netns", "--mntns", "--scratch", "--workdir", "--ready-fd") and i + 1 < len(argv):
+            single[arg[2:].replace("-", "_")] = argv[i + 1]
             i += 2
             continue
-        raise SetupError(f"unexpected launcher argument {arg!r}; usage: launch [--netns P] [--secrets D "
-                         "--scratch D] [--workdir D] -- CMD ARGS")
+        if arg in ("--bind", "--bind-ro") and i + 2 < len(argv):
+            binds.append(Bind(argv[i + 1], argv[i + 2], arg == "--bind-ro"))
+            i += 3
+            continue
+        raise SetupError(f"unexpected launcher argument {arg!r}; {USAGE}")
     raise SetupError("no command after '--'")
 
 
 def main(argv: list[str]) -> int:
     try:
         opts, command = parse_args(argv)
+        if opts.ready_fd is not None:
+            os.set_inheritable(opts.ready_fd, False)  # closed by exec (or exit): the kubelet's signal
         if not command:
             raise SetupError("the container has no command; set command: in the pod spec (images are not run)")
-        private_mount_namespace()
-        if "secrets" in opts:
-            if "scratch" not in opts:
-                raise SetupError("--secrets needs --scratch")
-            mount_secrets(opts["secrets"], scratch=opts["scratch"])
-        if "netns" in opts:
-            join_netns(opts["netns"])
-        os.chdir(opts.get("workdir") or "/")
+        # the network namespace first: the process counts as the pod's (ip netns pids) at once
+        netns_fd = os.open(opts.netns, os.O_RDONLY | os.O_CLOEXEC) if opts.netns else None
+        if opts.mntns:
+            join_mount_namespace(opts.mntns)
+        else:
+            private_mount_namespace()
+        if netns_fd is not None:
+            join_netns(netns_fd, opts.netns, remount_sys=not opts.mntns)
+            os.close(netns_fd)
+        if opts.binds:
+            Mounter(opts.scratch).bind_all(list(opts.binds))
+        os.chdir(opts.workdir or "/")
     except (SetupError, OSError) as exc:
         print(f"ambit-sandbox: container setup failed: {exc}", file=sys.stderr)
         return EXIT_SETUP

@@ -7,6 +7,9 @@ nodes/<node>/cni/ipam/                      host-local IPAM allocations
 nodes/<node>/cni/cache/results/             cached ADD results + configs (libcni's cache format)
 nodes/<node>/pods/<uid>/pod.json            what the kubelet made for a pod (netns, sandbox id, pids)
 nodes/<node>/pods/<uid>/serviceaccount/     token, ca.crt, namespace (bind-mounted into containers)
+nodes/<node>/pods/<uid>/volumes/<plugin>/<volume>/  spec.volumes (kubernetes.io~projected, ~configmap,
+                                            ~secret, ~empty-dir), bind-mounted at each mountPath
+nodes/<node>/pods/<uid>/mnt/                scratch mount point of the container launcher
 nodes/<node>/logs/<ns>_<pod>/<container>.log  container stdout+stderr
 ```
 Light on purpose: the CLI imports it to print logs.

@@ -6,13 +6,17 @@ tears down workers whose pod is gone. A ``PodWorker``:
 
 1. records the pod in ``<node>/pods/<uid>/pod.json`` *before* touching the machine, so a
    restarted kubelet can find and undo whatever it made;
-2. creates the sandbox: netns ``cfg.pod_netns(uid)`` (lo up) and CNI ADD, retried with backoff
+2. mounts the pod's volumes, as the kubelet does before it makes a sandbox: a bound
+   service-account token (TokenRequest) and the credentials files, then ``spec.volumes``
+   (``podvolumes``); a missing ConfigMap/Secret keeps the pod Pending with a ``FailedMount``
+   event, retried with backoff;
+3. creates the sandbox: netns ``cfg.pod_netns(uid)`` (lo up) and CNI ADD, retried with backoff
    while it fails, with a Warning event and a ``PodReadyToStartContainers=False`` condition
    carrying the plugin's message; no container starts before the whole chain succeeded
    (hostNetwork pods skip both and run in the node's namespace);
-3. fetches a bound service-account token (TokenRequest) and writes the credentials files;
-4. starts each container through ``launch``, restarts it per ``restartPolicy`` with exponential
-   backoff (``CrashLoopBackOff``), runs readiness/liveness probes, refreshes the token;
+4. starts each container through ``launch`` with its volume mounts, restarts it per
+   ``restartPolicy`` with exponential backoff (``CrashLoopBackOff``), runs readiness/liveness
+   probes, refreshes tokens and re-syncs ConfigMap/Secret volumes;
 5. publishes the status through the status subresource whenever it changes;
 6. on deletion: SIGTERM, SIGKILL after the grace period (capped), CNI DEL (reverse order,
    cached config), netns delete, pod dir and logs removed.
@@ -32,15 +36,18 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, NamedTuple, Protocol
+from typing import Iterable, NamedTuple, Protocol, Sequence
 
 from sandbox.config import SandboxConfig
 from sandbox.node import cni as cnimod
 from sandbox.node import containers as ctr
 from sandbox.node import layout, netns, serviceaccount
 from sandbox.node.errors import CniError, ContainerError, NetnsError
+from sandbox.node.launch import SA_MOUNT, Bind
+from sandbox.node.podvolumes import PodVolumes
 from sandbox.node.podstatus import ContainerView, SandboxView, build_status, now_rfc3339
 from sandbox.node.probes import ProbeTracker, parse_probe, run_probe
+from sandbox.node.volumes import VolumeError
 
 log = logging.getLogger(__name__)
 
@@ -70,11 +77,20 @@ class PodApi(Protocol):
 
     def finalize_deletion(self, ref: PodRef) -> None: ...
 
-    def request_token(self, ref: PodRef, *, service_account: str, expiration_seconds: int) -> tuple[str, float]:
-        """A token bound to the pod and its expiry (epoch seconds)."""
+    def request_token(self, ref: PodRef, *, service_account: str, expiration_seconds: int,
+                      audiences: Sequence[str] = ()) -> tuple[str, float]:
+        """A token bound to the pod and its expiry (epoch seconds); no audiences: the API's own."""
         ...
 
     def ca_bundle(self) -> bytes: ...
+
+    def read_config_map(self, namespace: str, name: str) -> dict | None:
+        """The ConfigMap, or None when it does not exist (other failures raise)."""
+        ...
+
+    def read_secret(self, namespace: str, name: str) -> dict | None:
+        """The Secret, or None when it does not exist (other failures raise)."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -97,6 +113,10 @@ class RuntimeSettings:
     """how often a worker checks its processes and probes"""
     token_seconds: int = 3600
     """requested service-account token lifetime"""
+    volume_resync: float = 10.0
+    """how often ConfigMap and Secret volumes are re-read from the API and rewritten if changed"""
+    event_repeat: float = 60.0
+    """a Warning that keeps happening (FailedMount) is recorded again after this many seconds"""
 
 
 # ---- on-disk record of what was made for a pod ---------------------------------------------------
@@ -200,7 +220,11 @@ class PodWorker:
         self._publish_retry_at = 0.0
         self._last_event: tuple[str, str] | None = None
         self._token_refresh_at: float | None = None
+        self._recorded: dict[tuple[str, str], float] = {}
+        self._mounted = False
+        self._sandbox_started = False
         self.secrets_dir: Path | None = None
+        self.volumes: PodVolumes | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"pod-{self.ref}", daemon=True)
 
@@ -243,7 +267,9 @@ class PodWorker:
 
     def _run(self) -> None:
         try:
-            if self._create_sandbox() and self._prepare_credentials():
+            self.record.save(self.dir)
+            self._publish()
+            if self._prepare_credentials() and self._prepare_volumes() and self._create_sandbox():
                 self._loop()
         except Exception:
             log.exception("pod %s: worker failed; tearing it down", self.ref)
@@ -258,13 +284,12 @@ class PodWorker:
                 self.done.set()
 
     def _create_sandbox(self) -> bool:
-        self.record.save(self.dir)
-        self._publish()
         if self.host_network:
             self.sandbox.pod_ips = [self.rt.host_ip]
             self.sandbox.ready, self.sandbox.reason, self.sandbox.message = True, "", ""
             return True
         backoff = self.settings.sandbox_backoff_initial
+        self._sandbox_started = True
         while not self._halting():
             try:
                 netns.add(self.netns_name)
@@ -307,6 +332,33 @@ class PodWorker:
                 backoff = min(backoff * 2, self.settings.sandbox_backoff_max)
         return False
 
+    def _prepare_volumes(self) -> bool:
+        """Write every volume in ``spec.volumes``; until all can be, the pod stays ContainerCreating."""
+        try:
+            self.volumes = PodVolumes(pod=self.pod, root=self.dir / "volumes", sources=_PodSources(self),
+                                      resync=self.settings.volume_resync, label=str(self.ref))
+        except VolumeError as exc:  # the spec is immutable: wait for the pod's deletion
+            message = f"cannot mount the volumes of pod {self.ref}: {exc}"
+            log.warning("%s", message)
+            self._event("Warning", "FailedMount", message)
+            self._publish()
+            while not self._halting():
+                self._sleep(self.settings.sandbox_backoff_max)
+            return False
+        backoff = self.settings.sandbox_backoff_initial
+        while not self._halting():
+            problems = self.volumes.setup()
+            if not problems:
+                self._mounted = True
+                return True
+            for message in problems:
+                log.warning("pod %s: %s; retrying in %.1fs", self.ref, message, backoff)
+                self._event("Warning", "FailedMount", message, repeat=True)
+            self._publish()
+            self._sleep(backoff)
+            backoff = min(backoff * 2, self.settings.sandbox_backoff_max)
+        return False
+
     def _refresh_token(self, *, first: bool = False) -> None:
         issued = time.time()
         token, expires = self.rt.api.request_token(
@@ -331,6 +383,9 @@ class PodWorker:
                 except Exception as exc:
                     log.warning("pod %s: token refresh failed (%s); retrying in 10s", self.ref, exc)
                     self._token_refresh_at = now + 10.0
+            if self.volumes is not None and now >= self.volumes.next_due:
+                for message in self.volumes.sync():
+                    self._event("Warning", "FailedMount", message, repeat=True)
             self._publish()
             self._sleep(self.settings.tick)
 
@@ -348,6 +403,7 @@ class PodWorker:
             env = ctr.container_env(self.pod, c.spec, pod_ip=self.pod_ip, host_ip=self.rt.host_ip,
                                     api_host=self.cfg.host_ip, api_port=self.cfg.api_port)
             argv = ctr.container_argv(c.spec, env)
+            binds = self._binds(c)
             c.readiness = c.liveness = None
             if c.spec.get("readinessProbe"):
                 c.readiness = ProbeTracker(parse_probe(c.spec["readinessProbe"], c.spec, pod_ip=self.pod_ip),
@@ -358,8 +414,7 @@ class PodWorker:
             c.proc = ctr.spawn(argv, env=env,
                                log_path=layout.pod_log_path(self.cfg, self.rt.node, self.ref.namespace,
                                                             self.ref.name, c.name),
-                               netns_path=self.netns_path or None, secrets_dir=self.secrets_dir,
-                               scratch_dir=self.dir / "mnt" if self.secrets_dir else None,
+                               netns_path=self.netns_path or None, binds=binds, scratch_dir=self.dir / "mnt",
                                workdir=c.spec.get("workingDir"))
         except (ContainerError, OSError) as exc:
             reason = exc.reason if isinstance(exc, ContainerError) else "RunContainerError"
@@ -380,6 +435,14 @@ class PodWorker:
         self.record.pids = {**(self.record.pids or {}), c.name: [c.proc.pid, ticks or 0]}
         self.record.save(self.dir)
         log.info("pod %s: container %s started (pid %d)", self.ref, c.name, c.proc.pid)
+
+    def _binds(self, c: _Container) -> list[Bind]:
+        """The container's mounts: its volumeMounts, and the service-account credentials unless
+        one of them is at that path already (as the ServiceAccount admission plugin decides)."""
+        binds = self.volumes.binds(c.spec) if self.volumes is not None else []
+        if self.secrets_dir is not None and not any(b.target == SA_MOUNT for b in binds):
+            binds.append(Bind(str(self.secrets_dir), SA_MOUNT, True))
+        return binds
 
     def _exited(self, c: _Container, now: float) -> None:
         assert c.proc is not None
@@ -434,8 +497,9 @@ class PodWorker:
         def run(command: list[str], timeout: float) -> tuple[bool, str]:
             env = ctr.container_env(self.pod, c.spec, pod_ip=self.pod_ip, host_ip=self.rt.host_ip,
                                     api_host=self.cfg.host_ip, api_port=self.cfg.api_port)
-            argv = ctr.launcher_argv(command, netns_path=self.netns_path or None, secrets_dir=None,
-                                     scratch_dir=None, workdir=c.spec.get("workingDir"))
+            # in the container's own mount namespace: the command sees its volumes and files
+            argv = ctr.launcher_argv(command, netns_path=self.netns_path or None,
+                                     mntns_path=f"/proc/{c.pid}/ns/mnt", workdir=c.spec.get("workingDir"))
             try:
                 proc = subprocess.run(argv, env=env, capture_output=True, timeout=timeout)
             except subprocess.TimeoutExpired:
@@ -469,7 +533,7 @@ class PodWorker:
         for c in self.containers:
             if c.proc is not None:
                 c.proc.poll()
-        if self.netns_name:
+        if self.netns_name and self._sandbox_started:
             netns.kill_all(self.netns_name, grace=0.5)
             self._cni_del()
             try:
@@ -514,7 +578,7 @@ class PodWorker:
 
     # ---- status and events ----
     def _status(self) -> dict:
-        if not self.sandbox.ready or (self.secrets_dir is None and serviceaccount.wants_token(self.pod)):
+        if not self.sandbox.ready or not self._mounted:
             for c in self.containers:
                 if not c.ever_started and "waiting" in c.view.state:
                     c.view.state = {"waiting": {"reason": "ContainerCreating"}}
@@ -537,8 +601,16 @@ class PodWorker:
         self._published = text
         self._last_status = status  # transition times stay stable across our own updates
 
-    def _event(self, etype: str, reason: str, message: str) -> None:
-        if self._last_event == (reason, message):
+    def _event(self, etype: str, reason: str, message: str, *, repeat: bool = False) -> None:
+        """Record an event, not twice in a row; with ``repeat``, one per message every
+        ``event_repeat`` seconds (several volumes failing in turn do not flood the API)."""
+        if repeat:
+            now = time.monotonic()
+            last = self._recorded.get((reason, message))
+            if last is not None and now - last < self.settings.event_repeat:
+                return
+            self._recorded[(reason, message)] = now
+        elif self._last_event == (reason, message):
             return
         self._last_event = (reason, message)
         try:
@@ -549,6 +621,27 @@ class PodWorker:
     def _sleep(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
+
+
+class _PodSources:
+    """``podvolumes.VolumeSources`` for one pod, over the runtime's ``PodApi``."""
+
+    def __init__(self, worker: PodWorker) -> None:
+        self._api = worker.rt.api
+        self._ref = worker.ref
+        self._pod = worker.pod
+
+    def read_object(self, kind: str, name: str) -> dict | None:
+        if kind == "configmap":
+            return self._api.read_config_map(self._ref.namespace, name)
+        if kind == "secret":
+            return self._api.read_secret(self._ref.namespace, name)
+        raise ValueError(f"BUG: volume source kind {kind!r}")
+
+    def request_token(self, *, audience: str, expiration_seconds: int) -> tuple[str, float]:
+        return self._api.request_token(self._ref, service_account=serviceaccount.service_account_name(self._pod),
+                                       expiration_seconds=expiration_seconds,
+                                       audiences=[audience] if audience else [])
 
 
 class PodRuntime:

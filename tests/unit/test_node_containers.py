@@ -101,16 +101,35 @@ def test_exit_codes_follow_container_runtimes(returncode, code):
 
 
 def test_launcher_argv_and_parsing_round_trip():
-    argv = ctr.launcher_argv(["sleep", "1"], netns_path="/run/netns/p", secrets_dir=Path("/s"),
-                             scratch_dir=Path("/m"), workdir="/w")
+    binds = [launch.Bind("/s", launch.SA_MOUNT, True), launch.Bind("/v/scratch", "/tmp/work", False)]
+    argv = ctr.launcher_argv(["sleep", "1"], netns_path="/run/netns/p", binds=binds,
+                             scratch_dir=Path("/m"), workdir="/w", ready_fd=7)
     i = argv.index("sandbox.node.launch")
     opts, command = launch.parse_args(argv[i + 1:])
-    assert opts == {"netns": "/run/netns/p", "secrets": "/s", "scratch": "/m", "workdir": "/w"}
+    assert opts == launch.Options(netns="/run/netns/p", scratch="/m", workdir="/w", ready_fd=7, binds=tuple(binds))
     assert command == ["sleep", "1"]
 
 
-@pytest.mark.parametrize("args, message", [(["--bogus"], "unexpected launcher argument"),
-                                           (["--netns", "/x"], "no command after")])
+def test_exec_joins_the_container_mount_namespace_without_binds():
+    argv = ctr.launcher_argv(["cat", "/x"], netns_path="/run/netns/p", mntns_path="/proc/42/ns/mnt")
+    opts, command = launch.parse_args(argv[argv.index("sandbox.node.launch") + 1:])
+    assert (opts.mntns, opts.netns, opts.binds, command) == ("/proc/42/ns/mnt", "/run/netns/p", (), ["cat", "/x"])
+
+
+def test_mounts_are_made_parents_first():
+    binds = [launch.Bind("/a", "/run/x/y/z", True), launch.Bind("/b", "/run/x", False),
+             launch.Bind("/c", "/tmp/q", False)]
+    assert [b.source for b in launch.mount_order(binds)] == ["/b", "/c", "/a"]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--bogus"], "unexpected launcher argument"),
+    (["--netns", "/x"], "no command after"),
+    (["--bind", "/a"], "unexpected launcher argument '--bind'"),
+    (["--bind", "/a", "/b", "--", "true"], "--bind needs --scratch"),
+    (["--bind-ro", "/a", "/b", "--scratch", "/m", "--mntns", "/proc/1/ns/mnt", "--", "true"], "exclude each other"),
+    (["--ready-fd", "x", "--", "true"], "must be a file descriptor number"),
+], ids=["unknown", "no-command", "bind-one-arg", "bind-no-scratch", "bind-and-mntns", "bad-ready-fd"])
 def test_launcher_rejects_bad_arguments(args, message):
     with pytest.raises(launch.SetupError, match=message):
         launch.parse_args(args)

@@ -55,3 +55,15 @@ def test_logs_are_found_on_any_node(tmp_path):
     assert find_pod_logs(cfg, "shop", "web-1") == {"app": path}
     assert find_pod_logs(cfg, "shop", "other") == {}
     assert read_log(path, tail=2) == "two\nthree\n"
+
+
+def test_api_errors_become_one_line_with_the_apis_message():
+    from kubernetes.client.exceptions import ApiException
+
+    exc = ApiException(status=404, reason="Not Found")
+    exc.body = '{"kind":"Status","message":"serviceaccounts \\"agent\\" not found","code":404}'
+    err = kubelet.api_error(exc, "TokenRequest for ns/agent")
+    assert str(err) == 'TokenRequest for ns/agent: the API answered 404 Not Found: serviceaccounts "agent" not found'
+    assert err.status == 404
+    bare = ApiException(status=503, reason="Service Unavailable")
+    assert str(kubelet.api_error(bare, "reading ns/x")) == "reading ns/x: the API answered 503 Service Unavailable"
