@@ -18,7 +18,7 @@ from sandbox.kube import api_client
 MERGE = "application/merge-patch+json"
 
 
-def wait_for(what: str, fn: Callable[[], Any], *, timeout: float = 15.0,
+def wait_for(what: str, fn: Callable[[], Any], *, timeout: float = 60.0,
              state: Callable[[], Any] | None = None) -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
