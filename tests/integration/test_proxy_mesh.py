@@ -291,6 +291,26 @@ def test_tunnel_carries_20_mb_both_ways_and_half_close() -> None:
     run(main())
 
 
+def test_small_records_in_bursts_and_ping_pong_are_delivered_at_once() -> None:
+    """Many TLS records arriving in one read are all decrypted; a lone record is not held back."""
+
+    async def main() -> None:
+        async with Mesh() as mesh:
+            reader, writer = await mesh.connect()
+            burst = [b"%04d" % i for i in range(200)]
+            for chunk in burst:  # many small writes: several records per read on the far side
+                writer.write(chunk)
+            assert await asyncio.wait_for(reader.readexactly(800), 5) == b"".join(burst)
+            for i in range(300):  # strict ping-pong: each reply needs the last record decrypted at once
+                writer.write(b"%05d" % i)
+                assert await asyncio.wait_for(reader.readexactly(5), 2) == b"%05d" % i
+            writer.write_eof()
+            assert await reader.read() == b"bye"
+            writer.close()
+
+    run(main())
+
+
 def test_server_presents_the_destination_identity_and_answers_the_header() -> None:
     """A hand-made client: TLS 1.3 with web's certificate, check cart's SPIFFE ID, send a header."""
 
