@@ -16,6 +16,7 @@ import ssl
 from node_agent.identity.spiffe import SpiffeId
 from node_agent.proxy.errors import HeaderError, PeerIdentityError, TlsSetupError
 from node_agent.proxy.listener import Listener, connect_stream
+from node_agent.proxy.model import ServiceTarget
 from node_agent.proxy.pump import Pump, PumpResult, Stream, StreamClosedError
 from node_agent.proxy.records import ConnectionRecord, Reporter, ResponseFlag, SecurityPolicy
 from node_agent.proxy.tls import describe_tls_error, server_peer_check
@@ -119,6 +120,12 @@ class InboundListener(Listener):
             record.source_namespace = source.namespace  # authenticated, unlike the header's claim
         if header.original_dst is not None:
             record.original_dst = header.original_dst
+        if header.destination_service and record.destination_service is None:
+            # the service the client dialled, as its agent resolved it: for the destination's metrics
+            name, _, rest = header.destination_service.partition(".")
+            vip, port = header.original_dst or ("", 0)
+            record.destination_service = ServiceTarget(name=name, namespace=rest.partition(".")[0],
+                                                       hostname=header.destination_service, vip=vip, port=port)
 
     async def _connect_app(self, header: TunnelHeader, source: SpiffeId, record: ConnectionRecord) -> Stream:
         target = (header.target_ip, header.target_port)
