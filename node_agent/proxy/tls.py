@@ -28,6 +28,12 @@ from node_agent.proxy.tunnel import ALPN
 
 SESSION_CACHE_SIZE = 4096
 """Resumable sessions kept per source identity (one per destination pod), least recently used first out."""
+BUNDLE_RECHECK = 1.0
+"""Seconds a read of the trust bundle is reused (reading it serializes every root, ~15 us each); a
+rotated bundle reaches new connections at most this late."""
+PEER_ID_CACHE_SIZE = 1024
+"""Verified peer certificates (DER) whose SPIFFE ID is remembered, so the certificate is not parsed
+into a dict again (~15 us) on every connection from the same workload."""
 SESSION_REFRESH = 60.0
 """Seconds a session is reused before the newest ticket replaces it (reading ``SSLObject.session``
 costs about as much as the resumed handshake itself, so it is not done on every connection)."""
@@ -134,12 +140,13 @@ class ClientTls:
 
 
 class _Entry:
-    __slots__ = ("chain", "key", "bundle", "client", "server")
+    __slots__ = ("chain", "key", "bundle", "source", "client", "server")
 
-    def __init__(self, chain: bytes, key: bytes, bundle: bytes) -> None:
+    def __init__(self, chain: bytes, key: bytes, bundle: bytes, source: Credentials) -> None:
         self.chain = chain
         self.key = key
         self.bundle = bundle
+        self.source = source  # the credentials object this entry was built from (same object: same PEMs)
         self.client: ClientTls | None = None
         self.server: ssl.SSLContext | None = None
 
@@ -147,25 +154,43 @@ class _Entry:
 class TlsContexts:
     """Client and server contexts per identity, rebuilt when certificates or the bundle change."""
 
-    __slots__ = ("_certs", "_entries", "_session_limit")
+    __slots__ = ("_certs", "_entries", "_session_limit", "_bundle", "_bundle_read", "_clock")
 
     def __init__(self, *, certs: CertSource, session_cache_size: int = SESSION_CACHE_SIZE) -> None:
         self._certs = certs
         self._entries: dict[SpiffeId, _Entry] = {}
         self._session_limit = session_cache_size
+        self._bundle = b""
+        self._bundle_read = float("-inf")
+        self._clock = time.monotonic
+
+    def _trust_bundle(self) -> bytes:
+        """The bundle, re-read at most every ``BUNDLE_RECHECK`` seconds; the same object while unchanged."""
+        now = self._clock()
+        if now - self._bundle_read >= BUNDLE_RECHECK:
+            fresh = _as_bytes(self._certs.trust_bundle())
+            if fresh != self._bundle:
+                self._bundle = fresh
+            self._bundle_read = now
+        return self._bundle
 
     def _entry(self, identity: SpiffeId) -> _Entry:
+        """Per connection: validity is asked of the source every time; PEMs are compared only when the
+        source hands out a different credentials object (a renewal) or the bundle changed."""
         try:
             creds = self._certs.credentials(identity)
         except IdentityError as exc:
             raise TlsSetupError(f"no usable certificate for {identity} yet: {exc}") from exc
         if creds is None:
             raise TlsSetupError(f"no certificate for {identity} yet; is the identity CA reachable from this node?")
-        chain, key = _as_bytes(creds.chain_pem), _as_bytes(creds.key_pem)
-        bundle = _as_bytes(self._certs.trust_bundle())
+        bundle = self._trust_bundle()
         entry = self._entries.get(identity)
+        if entry is not None and entry.source is creds and entry.bundle is bundle:
+            return entry
+        chain, key = _as_bytes(creds.chain_pem), _as_bytes(creds.key_pem)
         if entry is None or entry.chain != chain or entry.key != key or entry.bundle != bundle:
-            entry = self._entries[identity] = _Entry(chain, key, bundle)
+            entry = self._entries[identity] = _Entry(chain, key, bundle, creds)
+        entry.source, entry.bundle = creds, bundle
         return entry
 
     def client(self, identity: SpiffeId) -> ClientTls:
@@ -190,8 +215,29 @@ class TlsContexts:
         self._entries.pop(identity, None)
 
 
+_peer_ids: OrderedDict[bytes, SpiffeId] = OrderedDict()
+
+
 def peer_identity(tls: ssl.SSLObject) -> SpiffeId:
-    """The SPIFFE ID in the verified peer certificate; ``PeerIdentityError`` if there is not exactly one."""
+    """The SPIFFE ID in the verified peer certificate; ``PeerIdentityError`` if there is not exactly one.
+
+    Remembered per certificate (DER; OpenSSL verified it in this handshake), so a workload's
+    repeated connections do not parse the same certificate again.
+    """
+    der = tls.getpeercert(binary_form=True)
+    if der:
+        known = _peer_ids.get(der)
+        if known is not None:
+            return known
+    identity = _parse_peer_identity(tls)
+    if der:
+        _peer_ids[der] = identity
+        if len(_peer_ids) > PEER_ID_CACHE_SIZE:
+            _peer_ids.popitem(last=False)
+    return identity
+
+
+def _parse_peer_identity(tls: ssl.SSLObject) -> SpiffeId:
     cert = tls.getpeercert()
     if not cert:
         raise PeerIdentityError("peer presented no verified certificate")

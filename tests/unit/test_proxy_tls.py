@@ -19,6 +19,7 @@ from node_agent.identity.errors import CertificateUnavailableError
 from node_agent.identity.spiffe import SpiffeId
 from node_agent.proxy.errors import PeerIdentityError, TlsSetupError
 from node_agent.proxy.tls import (
+    BUNDLE_RECHECK,
     TlsContexts,
     client_peer_check,
     describe_tls_error,
@@ -196,6 +197,68 @@ def test_contexts_are_cached_and_rebuilt_on_rotation() -> None:
     assert tls.client(CLIENT) is first
     certs.by_id[CLIENT] = CA.issue(CLIENT.uri)  # renewed
     assert tls.client(CLIENT) is not first
+
+
+class CountingCreds:
+    """Credentials whose PEMs count how often they are read (the manager serializes on every read)."""
+
+    def __init__(self, creds: Creds) -> None:
+        self._creds = creds
+        self.reads = 0
+
+    @property
+    def chain_pem(self) -> bytes:
+        self.reads += 1
+        return self._creds.chain_pem
+
+    @property
+    def key_pem(self) -> bytes:
+        self.reads += 1
+        return self._creds.key_pem
+
+
+def test_unchanged_credentials_are_not_read_again_per_connection() -> None:
+    certs = Certs(CA.bundle)
+    creds = CountingCreds(CA.issue(CLIENT.uri))
+    certs.by_id[CLIENT] = creds  # type: ignore[assignment]
+    tls = TlsContexts(certs=certs)
+    first = tls.client(CLIENT)
+    reads = creds.reads
+    for _ in range(5):
+        assert tls.client(CLIENT) is first
+    assert creds.reads == reads
+    certs.by_id[CLIENT] = None  # type: ignore[assignment]  # expired or withdrawn: asked every time
+    with pytest.raises(TlsSetupError):
+        tls.client(CLIENT)
+
+
+def test_rotated_trust_bundle_reaches_new_connections_after_the_recheck_interval() -> None:
+    certs = Certs(CA.bundle)
+    certs.by_id[CLIENT] = CA.issue(CLIENT.uri)
+    tls = TlsContexts(certs=certs)
+    now = [1000.0]
+    tls._clock = lambda: now[0]
+    first = tls.client(CLIENT)
+    certs.bundle = CA.bundle + MiniCa("next root").bundle
+    assert tls.client(CLIENT) is first  # within BUNDLE_RECHECK
+    now[0] += BUNDLE_RECHECK
+    assert tls.client(CLIENT) is not first
+
+
+def test_peer_identity_is_parsed_once_per_certificate() -> None:
+    tls = contexts()
+    out = handshake(tls.client(CLIENT).context, tls.server(SERVER))
+    parsed = []
+
+    class Spy:
+        def getpeercert(self, binary_form: bool = False):
+            if not binary_form:
+                parsed.append(1)
+            return out.server.getpeercert(binary_form)
+
+    assert peer_identity(Spy()) == CLIENT  # type: ignore[arg-type]
+    assert peer_identity(Spy()) == CLIENT  # type: ignore[arg-type]
+    assert len(parsed) == 1
 
 
 @pytest.mark.parametrize(
