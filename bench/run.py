@@ -126,6 +126,8 @@ class Bench:
     def check(self, paths: list[BenchPath]) -> None:
         deadline = time.monotonic() + PATH_READY_TIMEOUT
         for path in paths:
+            if not self._selected(path):
+                continue
             while True:
                 why = self._check_once(path)
                 if why is None:
@@ -191,7 +193,7 @@ class Bench:
             return
         out = {}
         for path in paths:
-            if path.name not in ("ambit", "nginx-mtls") or path.error:
+            if path.name not in ("ambit", "nginx-mtls") or path.error or not self._selected(path):
                 continue
             say(f"{n} idle connections through {path.name}")
             before = {node: rss_kb(pids) for node, pids in path.relays.items()}
@@ -220,7 +222,8 @@ class Bench:
     # ---- 4. load --------------------------------------------------------------------------
     def load(self, paths: list[BenchPath]) -> None:
         s = self.s
-        live = [p for p in paths if p.error is None]
+        live = [p for p in paths if p.error is None and self._selected(p)]
+        self.memory["agent_before_load_kb"] = {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()}
         groups = {f"agent-{n}": [pid] for n, pid in self.agents.items()}
         groups.update({f"nginx-{n}": pids for n, pids in self.nginx.items()})
         steps = ("iperf1", "iperf4", "c1", "c32", "close")
@@ -236,6 +239,8 @@ class Bench:
                             self.errors[path.name].append(f"repetition {rep + 1} {step}: {exc}")
                             say(f"  failed: {exc}")
                         time.sleep(0.5)
+                self.memory.setdefault("agent_after_rep_kb", []).append(
+                    {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()})
         self.memory["agent_peak_kb"] = {n: sampler.peak_kb[f"agent-{n}"] for n in self.agents}
         self.memory["nginx_peak_kb"] = {n: sampler.peak_kb[f"nginx-{n}"] for n in self.nginx}
         self.memory["agent_hwm_kb"] = {n: status_kb(pid, "VmHWM") for n, pid in self.agents.items()}
@@ -290,6 +295,9 @@ class Bench:
             self.errors["cni"].extend(errors[:10])
             say(f"  p50 {report.percentile(times, 50) or 0:.1f} ms, p99 {report.percentile(times, 99) or 0:.1f} ms"
                 + (f", {len(errors)} failed" if errors else ""))
+
+    def _selected(self, path: BenchPath) -> bool:
+        return not self.s.paths or path.name in self.s.paths
 
     @staticmethod
     def _mb(kb: dict[str, int]) -> str:
@@ -357,7 +365,8 @@ def main(argv: list[str] | None = None) -> int:
             "dirty": bool(_git("status", "--porcelain", "--", "node_agent", "cni")),
             "repetitions": s.repetitions, "iperf_seconds": s.iperf_seconds, "wrk_seconds": s.wrk_seconds,
             "wrk_connections": s.wrk_connections, "scale_pods": s.scale_pods, "idle_connections": s.idle_connections,
-            "cni_samples": s.cni_samples, "elapsed_s": time.monotonic() - started}
+            "cni_samples": s.cni_samples, "paths": list(s.paths) or list(report.PATHS),
+            "elapsed_s": time.monotonic() - started}
     results = report.Results(meta=meta, samples=bench.samples, errors={k: v for k, v in bench.errors.items() if v},
                              memory=bench.memory, cni=bench.cni)
     md, js = report.write(results, REPO / s.results_dir)

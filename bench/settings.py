@@ -5,6 +5,9 @@ import argparse
 import os
 from dataclasses import dataclass
 
+PATHS = ("direct", "nginx-mtls", "ambit", "direct-same-node", "ambit-same-node")
+"""``direct``/``ambit``/``nginx-mtls`` are cross-node (client on node-1, server on node-2)."""
+
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class BenchSettings:
@@ -26,6 +29,8 @@ class BenchSettings:
     """idle connections held open through the relays to measure memory per connection"""
     cni_samples: int = 100
     """ambit-cni ADD invocations timed per kind (enrolled, not enrolled)"""
+    paths: tuple[str, ...] = ()
+    """measure only these paths (empty: all); ratios need their reference paths too"""
     keep: bool = False
     """leave the sandbox up afterwards (for debugging the rig); the default removes everything"""
     results_dir: str = "bench/results"
@@ -40,6 +45,9 @@ class BenchSettings:
         for name in ("repetitions", "iperf_seconds", "wrk_seconds", "wrk_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')} must be at least 1, not {getattr(self, name)}")
+        unknown = [p for p in self.paths if p not in PATHS]
+        if unknown:
+            raise ValueError(f"--paths: unknown {', '.join(unknown)}; pick from {', '.join(PATHS)}")
 
 
 def parse(argv: list[str] | None = None) -> BenchSettings:
@@ -49,25 +57,27 @@ def parse(argv: list[str] | None = None) -> BenchSettings:
                    help=f"sandbox name (default {d.sandbox}, env AMBIT_BENCH_SANDBOX)")
     p.add_argument("--index", type=int, default=int(os.environ.get("AMBIT_BENCH_INDEX", d.index)),
                    help=f"sandbox index 1-9 (default {d.index}, env AMBIT_BENCH_INDEX)")
-    p.add_argument("--repetitions", type=int, default=d.repetitions)
-    p.add_argument("--iperf-seconds", type=int, default=d.iperf_seconds)
-    p.add_argument("--wrk-seconds", type=int, default=d.wrk_seconds)
-    p.add_argument("--wrk-connections", type=int, default=d.wrk_connections)
-    p.add_argument("--scale-pods", type=int, default=d.scale_pods)
-    p.add_argument("--idle-connections", type=int, default=d.idle_connections)
-    p.add_argument("--cni-samples", type=int, default=d.cni_samples)
+    for name in ("repetitions", "iperf_seconds", "wrk_seconds", "wrk_connections", "scale_pods",
+                 "idle_connections", "cni_samples"):
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None,
+                       help=f"default {getattr(d, name)}")
+    p.add_argument("--paths", default="", help="comma-separated subset of: " + ", ".join(PATHS))
     p.add_argument("--quick", action="store_true",
-                   help="a smoke run: 1 repetition, 2 s runs, 10 pods, 100 connections (results not comparable)")
+                   help="a smoke run: 1 repetition, 2 s runs, 10 pods, 100 connections, 20 CNI ADDs "
+                        "(explicit flags still win; results not comparable)")
     p.add_argument("--keep", action="store_true", help="leave the sandbox up afterwards")
     p.add_argument("--results-dir", default=d.results_dir)
     a = p.parse_args(argv)
-    kw = dict(sandbox=a.sandbox, index=a.index, repetitions=a.repetitions, iperf_seconds=a.iperf_seconds,
-              wrk_seconds=a.wrk_seconds, wrk_connections=a.wrk_connections, scale_pods=a.scale_pods,
-              idle_connections=a.idle_connections, cni_samples=a.cni_samples, keep=a.keep,
-              results_dir=a.results_dir)
+    kw: dict = dict(sandbox=a.sandbox, index=a.index, keep=a.keep, results_dir=a.results_dir)
     if a.quick:
         kw.update(repetitions=1, iperf_seconds=2, wrk_seconds=2, scale_pods=10, idle_connections=100,
                   cni_samples=20)
+    for name in ("repetitions", "iperf_seconds", "wrk_seconds", "wrk_connections", "scale_pods",
+                 "idle_connections", "cni_samples"):
+        if getattr(a, name) is not None:
+            kw[name] = getattr(a, name)
+    if a.paths:
+        kw["paths"] = tuple(x.strip() for x in a.paths.split(",") if x.strip())
     try:
         return BenchSettings(**kw)
     except ValueError as exc:
