@@ -348,3 +348,37 @@ def test_garbage_on_15008_is_refused_and_harms_no_one(sb):
     out, err = survivor.communicate(timeout=30)
     assert "echo /survivor" in out, out + err
     assert _request(sb, "after-garbage").returncode == 0
+
+
+def _agent_pid(sb: Sandbox, node: str) -> int | None:
+    pids = subprocess.run(["ip", "netns", "pids", sb.cfg.node_netns(node)], capture_output=True, text=True).stdout
+    for pid in pids.split():
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"node-agent" in cmdline:
+            return int(pid)
+    return None
+
+
+def test_agent_crash_never_leaks_plaintext(sb, tmp_path):
+    """kill -9: the rules stay in the pods, nothing listens, connections fail until the kubelet restarts it."""
+    _label(sb, True)
+    pid = _agent_pid(sb, "node-1")
+    assert pid, "no node agent process on node-1"
+    cap = Capture(sb, tmp_path / "crash.pcap")
+    os.kill(pid, signal.SIGKILL)
+    markers = []
+    for i in range(5):
+        marker = f"crash-{i}-{uuid.uuid4().hex}"
+        markers.append(marker)
+        _request(sb, marker)
+    wire = cap.stop()
+    for marker in markers:
+        assert marker.encode() not in wire, "plaintext leaked while the agent was dead"
+    _wait(lambda: (p := _agent_pid(sb, "node-1")) and p != pid and _captured(sb, "node-1", "client"), timeout=40,
+          what="the kubelet to restart the agent")
+    out = _wait(lambda: (r := _request(sb, "after-crash")).returncode == 0 and "echo" in r.stdout and r,
+                what="traffic restored after the crash")
+    assert "after-crash" in out.stdout
