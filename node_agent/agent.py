@@ -160,10 +160,11 @@ class Agent:
                                         "is ambit-cni chained after the IPAM plugin?")
         mw = mesh_workload(w, tuple(req.ips), self.settings.trust_domain)
         try:
-            await self.captures.capture(mw, req.netns)
+            await self.captures.capture(mw, req.netns, fresh=True)
         except InpodError as exc:
             return CniResponse("error", str(exc))
-        await self._sync_probe_snat()
+        # the probe SNAT follows on the next reconcile (the pod's status update triggers one): until
+        # then a kubelet probe is merely proxied through 15006 to the app, so it need not delay the ack
         await self._cert_ready(mw)
         return CniResponse("enrolled", f"captured with identity {mw.identity}")
 

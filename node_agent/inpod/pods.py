@@ -14,6 +14,7 @@ so the app's connections are refused rather than sent in plaintext.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import os
@@ -157,8 +158,10 @@ class PodCaptures:
     def captured_ips(self) -> list[str]:
         return sorted(ip for c in self._pods.values() for ip in c.workload.ips)
 
-    async def capture(self, workload: model.Workload, netns_path: str) -> None:
-        """Listeners, proxy, certificate, then rules. Idempotent; raises InpodError on failure (nothing left half-done)."""
+    async def capture(self, workload: model.Workload, netns_path: str, *, fresh: bool = False) -> None:
+        """Listeners, proxy, certificate, then rules. Idempotent; raises InpodError on failure (nothing left half-done).
+
+        ``fresh``: the pod's netns was just made (CNI ADD), so its rules go in with one restore."""
         async with self._lock(workload.uid):
             current = self._pods.get(workload.uid)
             if current is not None:
@@ -178,7 +181,7 @@ class PodCaptures:
                 await proxy.start()
                 self._sockets.add_local(workload.uid, ns)
                 self._certs.ensure(workload.identity, holder=workload.uid)
-                await asyncio.to_thread(redirect_iptables.install, ns.path)
+                await asyncio.to_thread(functools.partial(redirect_iptables.install, ns.path, fresh=fresh))
             except BaseException as exc:
                 self._sockets.remove_local(workload.uid)
                 if proxy is not None:

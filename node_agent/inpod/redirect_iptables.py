@@ -30,6 +30,7 @@ the probe functions run the iptables tools and block for a few ms: from asyncio,
 from __future__ import annotations
 
 import ipaddress
+import logging
 import os
 import re
 import subprocess
@@ -40,6 +41,8 @@ from typing import Literal
 from node_agent.inpod.errors import RedirectError
 from node_agent.inpod.netns import PodNetns
 from node_agent.inpod.sockopt import PROXY_MARK
+
+log = logging.getLogger(__name__)
 
 TABLE = "nat"
 CHAIN_PREROUTING = "AMBIT_PREROUTING"
@@ -171,6 +174,18 @@ def render_sync(chains: dict[str, tuple[str, ...]], *, hooks: dict[str, str], cu
     return "\n".join(lines) + "\n"
 
 
+def render_fresh(chains: dict[str, tuple[str, ...]], *, hooks: dict[str, str]) -> str:
+    """Input for a table that holds none of our chains: ``-N`` fails the whole commit if one exists,
+    so a table that was not fresh after all is left untouched (and never gets a second hook)."""
+    lines = [f"*{TABLE}"]
+    lines += [f"-N {chain}" for chain in chains]
+    for rules in chains.values():
+        lines += rules
+    lines += [f"-I {builtin} 1 -j {chain}" for builtin, chain in hooks.items()]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
+
+
 def render_remove(chains: Iterable[str], *, hooks: dict[str, str], current: TableDump) -> str | None:
     """Input that unhooks, flushes and deletes our chains; None when nothing of ours is there."""
     lines = []
@@ -241,12 +256,22 @@ def _hook(builtin: str, chain: str) -> str:
 
 
 # ---- running the tools ---------------------------------------------------------------------
-def install(netns: NetnsRef, *, ipv6: bool = False, settings: RedirectSettings = DEFAULT_SETTINGS) -> None:
+def install(netns: NetnsRef, *, ipv6: bool = False, fresh: bool = False,
+            settings: RedirectSettings = DEFAULT_SETTINGS) -> None:
     """Install (or repair) redirection in a pod's netns; idempotent. Verifies the result.
 
     ``netns``: a ``PodNetns`` or a path such as ``/var/run/netns/<name>``, ``/proc/<pid>/ns/net``.
+    ``fresh``: the netns was just made (CNI ADD) and holds none of our rules: one atomic
+    ``iptables-restore`` and no read-backs, which keeps pod start-up fast. If it turns out not to
+    be fresh, the full read-repair-verify path runs instead.
     """
     chains = pod_rules(settings, ipv6=ipv6)
+    if fresh:
+        try:
+            _restore(netns, render_fresh(chains, hooks=POD_HOOKS), ipv6=ipv6, settings=settings)
+            return
+        except RedirectError as exc:
+            log.info("fast install in %s failed (%s); reading the table and repairing instead", _where(netns), exc)
     current = dump(netns, ipv6=ipv6, settings=settings)
     _restore(netns, render_sync(chains, hooks=POD_HOOKS, current=current), ipv6=ipv6, settings=settings)
     after = assess(chains, hooks=POD_HOOKS, current=dump(netns, ipv6=ipv6, settings=settings))
