@@ -162,6 +162,34 @@ class RssSampler:
                 self.peak_kb[name] = max(self.peak_kb[name], rss_kb(pids))
 
 
+def others_cpu(*, netns_prefix: str, member_marker: bytes) -> dict[int, float]:
+    """CPU seconds so far of every process that is not ours: not in a network namespace whose name
+    starts with ``netns_prefix``, not a member of our sandbox (``member_marker`` in its environment),
+    not this process. The difference of two snapshots is the work others did meanwhile."""
+    ours = set()
+    for path in Path("/run/netns").glob(f"{netns_prefix}*"):
+        try:
+            ours.add(os.stat(path).st_ino)
+        except OSError:
+            pass
+    out: dict[int, float] = {}
+    me = os.getpid()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == me:
+            continue
+        pid = int(entry.name)
+        try:
+            if os.stat(entry / "ns" / "net").st_ino in ours:
+                continue
+            if member_marker in (entry / "environ").read_bytes().split(b"\0"):
+                continue
+            f = _stat_fields(pid)
+        except OSError:
+            continue
+        out[pid] = (int(f[11]) + int(f[12])) / _CLK_TCK
+    return out
+
+
 def wait_until(predicate, *, timeout: float, interval: float = 0.2, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():

@@ -155,6 +155,10 @@ def render(r: Results) -> str:
         f"wrk -d {meta['wrk_seconds']}s (c=1: 1 thread; c={meta['wrk_connections']}: 2 threads); "
         f"{meta['scale_pods']} enrolled idle pods, {meta['idle_connections']} idle connections, "
         f"{meta['cni_samples']} CNI ADDs per kind; total {meta.get('elapsed_s', 0) / 60:.1f} min",
+        f"- other work on the machine: {meta.get('busy_before', 0):.0%} of CPU busy before the run, "
+        f"{r.memory.get('others_cpu_share', 0):.0%} used by processes outside the rig during the load runs"
+        + (" -- figures skewed, compare with care" if max(meta.get("busy_before", 0),
+                                                          r.memory.get("others_cpu_share", 0)) > 0.05 else ""),
         "- what each figure means and how it is measured: docs/benchmarks.md",
         "",
         "## Data path (cross-node unless marked same-node)",

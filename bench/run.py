@@ -26,7 +26,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench import cni_latency, nginx, pki, report, settings, tools
-from bench.procs import Children, RssSampler, ToolError, cpu_seconds, descendants, rss_kb, status_kb, wait_until
+from bench.procs import (
+    Children,
+    RssSampler,
+    ToolError,
+    cpu_seconds,
+    descendants,
+    others_cpu,
+    rss_kb,
+    status_kb,
+    wait_until,
+)
 from bench.topology import HTTP_PORT, IPERF_PORT, NS_DIRECT, NS_MESH, NS_SCALE, Topology
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,6 +237,8 @@ class Bench:
         groups = {f"agent-{n}": [pid] for n, pid in self.agents.items()}
         groups.update({f"nginx-{n}": pids for n, pids in self.nginx.items()})
         steps = ("iperf1", "iperf4", "c1", "c32", "close")
+        marker = f"AMBIT_SANDBOX_MEMBER={self.topo.cfg.name}".encode()
+        others0, t0 = others_cpu(netns_prefix=f"{self.topo.cfg.name}-", member_marker=marker), time.monotonic()
         with RssSampler(groups) as sampler:
             for rep in range(s.repetitions):
                 order = live[rep % len(live):] + live[:rep % len(live)]
@@ -241,6 +253,13 @@ class Bench:
                         time.sleep(0.5)
                 self.memory.setdefault("agent_after_rep_kb", []).append(
                     {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()})
+        others1, elapsed = others_cpu(netns_prefix=f"{self.topo.cfg.name}-", member_marker=marker), time.monotonic() - t0
+        # our children (wrk, iperf3, nsenter) live in our namespaces; children of processes that exited
+        # meanwhile are not seen, so this is a lower bound
+        used = sum(max(0.0, cpu - others0.get(pid, 0.0)) for pid, cpu in others1.items())
+        self.memory["others_cpu_share"] = used / (elapsed * (os.cpu_count() or 1))
+        if self.memory["others_cpu_share"] > 0.05:
+            say(f"warning: other processes used {self.memory['others_cpu_share']:.0%} of the machine during the load runs")
         self.memory["agent_peak_kb"] = {n: sampler.peak_kb[f"agent-{n}"] for n in self.agents}
         self.memory["nginx_peak_kb"] = {n: sampler.peak_kb[f"nginx-{n}"] for n in self.nginx}
         self.memory["agent_hwm_kb"] = {n: status_kb(pid, "VmHWM") for n, pid in self.agents.items()}
@@ -318,6 +337,19 @@ def _preflight() -> None:
         raise SystemExit(f"bench: missing {', '.join(missing)}; `make bench` installs them")
 
 
+def _machine_busy(seconds: float = 2.0) -> float:
+    """Share of CPU time the machine spent busy over ``seconds`` (from /proc/stat), before we start."""
+    def sample() -> tuple[int, int]:
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields), idle
+
+    total0, idle0 = sample()
+    time.sleep(seconds)
+    total1, idle1 = sample()
+    return 1 - (idle1 - idle0) / max(1, total1 - total0)
+
+
 def _interrupt(signum, frame):  # SIGTERM/SIGHUP end the run like Ctrl-C: cleanly
     raise KeyboardInterrupt
 
@@ -333,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
     bench = Bench(s, topo, children)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
+    busy = _machine_busy()
+    if busy > 0.10:
+        say(f"warning: the machine is {busy:.0%} busy before the run; other work on these cores skews the figures")
     started = time.monotonic()
     date = dt.date.today().isoformat()
     ok = False
@@ -366,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             "repetitions": s.repetitions, "iperf_seconds": s.iperf_seconds, "wrk_seconds": s.wrk_seconds,
             "wrk_connections": s.wrk_connections, "scale_pods": s.scale_pods, "idle_connections": s.idle_connections,
             "cni_samples": s.cni_samples, "paths": list(s.paths) or list(report.PATHS),
-            "elapsed_s": time.monotonic() - started}
+            "elapsed_s": time.monotonic() - started, "busy_before": busy}
     results = report.Results(meta=meta, samples=bench.samples, errors={k: v for k, v in bench.errors.items() if v},
                              memory=bench.memory, cni=bench.cni)
     md, js = report.write(results, REPO / s.results_dir)
