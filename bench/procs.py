@@ -47,8 +47,10 @@ class Children:
         except subprocess.TimeoutExpired:
             self.stop(proc, grace=0.5)
             raise ToolError(f"{argv[0]} did not finish within {timeout:.0f}s: {' '.join(argv)}") from None
-        finally:
-            self._forget(proc)
+        except BaseException:  # Ctrl-C / SIGTERM while waiting: the child goes too
+            self.stop(proc, grace=0.5)
+            raise
+        self._forget(proc)
         return proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
     def stop(self, proc: subprocess.Popen, *, grace: float = 3.0) -> None:

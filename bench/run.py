@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
     children = Children()
     topo = Topology(name=s.sandbox, index=s.index, workdir=workdir)
     bench = Bench(s, topo, children)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # even if started with SIGINT ignored (background)
     for sig in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _interrupt)
     busy = _machine_busy()
