@@ -76,6 +76,8 @@ def _subresources(rt: ResourceType) -> list[tuple[str, Obj, list[str]]]:
         out.append(("status", {"group": rt.group, "version": rt.version, "kind": rt.kind}, STATUS_VERBS))
     if "scale" in rt.subresources:
         out.append(("scale", {"group": "autoscaling", "version": "v1", "kind": "Scale"}, STATUS_VERBS))
+    if "finalize" in rt.subresources:
+        out.append(("finalize", {"group": rt.group, "version": rt.version, "kind": rt.kind}, ["update"]))
     if "token" in rt.subresources:
         out.append(("token", {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, ["create"]))
     return out

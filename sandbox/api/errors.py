@@ -108,6 +108,22 @@ def already_exists(resource: str, name: str, *, group: str = "") -> AlreadyExist
     return AlreadyExists(f'{qualified} "{name}" already exists', details=details)
 
 
+def namespace_terminating(resource: str, name: str, namespace: str, *, group: str = "") -> Forbidden:
+    """403 for new content in a Terminating namespace, worded as Kubernetes' NamespaceLifecycle does."""
+    qualified = f"{resource}.{group}" if group else resource
+    details: dict[str, Any] = {
+        "name": name,
+        "kind": resource,
+        "causes": [{"reason": "NamespaceTerminating", "message": f"namespace {namespace} is being terminated", "field": "metadata.namespace"}],
+    }
+    if group:
+        details["group"] = group
+    return Forbidden(
+        f'{qualified} "{name}" is forbidden: unable to create new content in namespace {namespace} because it is being terminated',
+        details=details,
+    )
+
+
 def conflict(resource: str, name: str, *, group: str = "") -> Conflict:
     qualified = f"{resource}.{group}" if group else resource
     details: dict[str, Any] = {"name": name, "kind": resource}

@@ -339,6 +339,8 @@ class Handlers:
             return json_response(self.resources.token_request(t.namespace or "", t.name or "", body), status=201)
         if t.subresource == "scale":
             return await self._scale(request, t, dry_run=dry_run)
+        if t.subresource == "finalize" and method != "PUT":
+            raise MethodNotAllowed(f"{method} is not allowed on {rt.plural}/finalize; PUT the {rt.kind} with the spec.finalizers to keep")
         if t.name is None:
             if method == "GET":
                 if t.legacy_watch or parse_bool(q.get("watch"), param="watch"):

@@ -18,8 +18,8 @@ class ResourceType:
     short_names: tuple[str, ...] = ()
     namespaced: bool = True
     subresources: tuple[str, ...] = ()
-    """"status" (spec/status split, like Kubernetes), "scale" (autoscaling/v1 Scale) and "token"
-    (ServiceAccount TokenRequest)"""
+    """"status" (spec/status split, like Kubernetes), "scale" (autoscaling/v1 Scale), "token"
+    (ServiceAccount TokenRequest) and "finalize" (Namespace ``spec.finalizers``)"""
     columns: tuple[Column, ...] = tables.GENERIC
     field_selectors: tuple[str, ...] = ()
     """fields beyond metadata.name / metadata.namespace that ``fieldSelector`` may name"""
@@ -75,7 +75,7 @@ _STATUS_SCALE = ("status", "scale")
 _ALL = ("all",)
 
 RESOURCES: tuple[ResourceType, ...] = (
-    ResourceType("", "v1", "Namespace", "namespaces", ("ns",), namespaced=False, subresources=_STATUS, columns=tables.NAMESPACE_COLUMNS, field_selectors=("status.phase",), name_rule="label"),
+    ResourceType("", "v1", "Namespace", "namespaces", ("ns",), namespaced=False, subresources=("status", "finalize"), columns=tables.NAMESPACE_COLUMNS, field_selectors=("status.phase",), name_rule="label"),
     ResourceType("", "v1", "Pod", "pods", ("po",), subresources=_STATUS, columns=tables.POD_COLUMNS, field_selectors=_POD_FIELDS, categories=_ALL),
     ResourceType("", "v1", "Service", "services", ("svc",), subresources=_STATUS, columns=tables.SERVICE_COLUMNS, categories=_ALL, name_rule="label"),
     ResourceType("", "v1", "ServiceAccount", "serviceaccounts", ("sa",), subresources=("token",), columns=tables.SERVICEACCOUNT_COLUMNS),

@@ -3,7 +3,11 @@
 - create/update/patch/delete with Kubernetes semantics: generateName, uid, timestamps,
   generation, optimistic concurrency on ``metadata.resourceVersion``, status subresources (writes
   to the main resource keep the old status, ``/status`` writes change only status), finalizers,
-  namespace existence, and namespace deletion removing everything in it;
+  namespace existence;
+- namespace deletion as Kubernetes does it: DELETE marks the namespace Terminating (no new content
+  may be created in it), the namespace controller (``sandbox.controllers.namespace``) empties it
+  and removes the ``kubernetes`` finalizer through ``/finalize``, and the namespace goes when no
+  finalizer (``spec`` or ``metadata``) is left;
 - ClusterIP (from ``cfg.service_cidr``) and NodePort allocation for Services;
 - bootstrap: namespaces ``default``, ``kube-system``, ``kube-public`` with their ``default``
   ServiceAccounts, and the ``default/kubernetes`` Service pointing at this API;
@@ -206,9 +210,14 @@ class Resources:
         meta.pop("selfLink", None)
         return obj
 
-    def _require_namespace(self, rt: ResourceType, ns: str) -> None:
-        if rt.namespaced and self.store.get(NAMESPACE.key, "", ns) is None:
+    def _require_namespace(self, rt: ResourceType, ns: str, name: str) -> None:
+        if not rt.namespaced:
+            return
+        namespace = self.store.get(NAMESPACE.key, "", ns)
+        if namespace is None:
             raise errors.not_found("namespaces", ns)
+        if namespace.obj["metadata"].get("deletionTimestamp"):
+            raise errors.namespace_terminating(rt.plural, name, ns, group=rt.group)
 
     def create(self, rt: ResourceType, ns: str | None, body: Any, *, dry_run: bool = False) -> Stored:
         obj = self._check_body(rt, ns, body)
@@ -220,8 +229,8 @@ class Resources:
                 if self.store.get(rt.key, ns_key, name) is None:
                     break
             meta["name"] = name
-        self._require_namespace(rt, ns_key)
         name = meta.get("name") or ""
+        self._require_namespace(rt, ns_key, name)
         if name and self.store.get(rt.key, ns_key, name) is not None:
             raise errors.already_exists(rt.plural, name, group=rt.group)
         for key in ("resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds"):
@@ -317,6 +326,10 @@ class Resources:
                 candidate["status"] = new["status"]
             else:
                 candidate.pop("status", None)
+        elif subresource == "finalize":
+            # like Kubernetes: /finalize changes spec.finalizers and nothing else
+            candidate = json.loads(existing.raw)
+            candidate.setdefault("spec", {})["finalizers"] = _spec_finalizers(new, name=name)
         else:
             candidate = new
             if rt.has_status:
@@ -334,6 +347,13 @@ class Resources:
                 meta.pop(key, None)
         meta.pop("managedFields", None)
         meta.pop("selfLink", None)
+        if rt is NAMESPACE and subresource != "finalize":
+            # like Kubernetes: only /finalize changes a namespace's spec.finalizers
+            spec = candidate.setdefault("spec", {})
+            if "finalizers" in (old.get("spec") or {}):
+                spec["finalizers"] = copy.deepcopy(old["spec"]["finalizers"])
+            else:
+                spec.pop("finalizers", None)
         if old["metadata"].get("deletionTimestamp"):
             # like Kubernetes: no new finalizers once deletion has started
             meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f in (old["metadata"].get("finalizers") or [])]
@@ -352,7 +372,7 @@ class Resources:
             return existing
         if dry_run:
             return Stored(candidate, dumps(candidate), existing.rv)
-        if meta.get("deletionTimestamp") and not meta.get("finalizers"):
+        if meta.get("deletionTimestamp") and not _held(rt, candidate):
             return self._remove(rt, existing)
         if rt is SERVICE:
             self._release_service(old)
@@ -436,6 +456,8 @@ class Resources:
             raise errors.Forbidden(f'namespaces "{name}" is forbidden: this namespace may not be deleted', details={"name": name, "kind": "namespaces"})
         if dry_run:
             return existing
+        if rt is NAMESPACE:
+            return self._delete_namespace(existing)
         if meta.get("finalizers"):
             if meta.get("deletionTimestamp"):
                 return existing
@@ -445,10 +467,25 @@ class Resources:
             return self.store.put(rt.key, obj, event_type="MODIFIED")
         return self._remove(rt, existing)
 
+    def _delete_namespace(self, existing: Stored) -> Stored:
+        """The first DELETE marks the namespace Terminating (MODIFIED) and answers it, as Kubernetes
+        does; the namespace controller empties it and removes its ``kubernetes`` finalizer. A
+        namespace that no finalizer holds goes at once."""
+        if not existing.obj["metadata"].get("deletionTimestamp"):
+            obj = json.loads(existing.raw)
+            obj["metadata"]["deletionTimestamp"] = now_rfc3339()
+            obj.setdefault("status", {})["phase"] = "Terminating"
+            existing = self.store.put(NAMESPACE.key, obj, event_type="MODIFIED")
+        if not _held(NAMESPACE, existing.obj):
+            return self._remove(NAMESPACE, existing)
+        return existing
+
     def _remove(self, rt: ResourceType, existing: Stored) -> Stored:
         meta = existing.obj["metadata"]
         with self.store.batch():
             if rt is NAMESPACE:
+                # normally empty by now (the namespace controller finalizes only an empty
+                # namespace); whoever removed the finalizers by hand leaves no orphans behind
                 for other in registry.RESOURCES:
                     if other.namespaced:
                         for s in self.store.list(other.key, meta["name"]):
@@ -618,6 +655,23 @@ class Resources:
             except TokenInvalid:
                 pass
         raise errors.Unauthorized("Unauthorized")
+
+
+def _held(rt: ResourceType, obj: Obj) -> bool:
+    """Does a finalizer keep this object (with a deletionTimestamp) from being removed?"""
+    if (obj.get("metadata") or {}).get("finalizers"):
+        return True
+    return rt is NAMESPACE and bool((obj.get("spec") or {}).get("finalizers"))
+
+
+def _spec_finalizers(body: Obj, *, name: str) -> list[str]:
+    spec = body.get("spec") or {}
+    finalizers = spec.get("finalizers") if isinstance(spec, dict) else None
+    if finalizers is None:
+        return []
+    if not isinstance(finalizers, list) or not all(isinstance(f, str) and f for f in finalizers):
+        raise errors.invalid("Namespace", name, [invalid_cause("spec.finalizers", finalizers, "must be a list of finalizer names")])
+    return list(dict.fromkeys(finalizers))
 
 
 def _spec_of(obj: Obj) -> Obj:

@@ -9,8 +9,10 @@ watch events to queue keys; the runtime feeds and applies them.
 - ``daemonset``: one pod per eligible node, rolling replacement, status
 - ``endpointslice``: Service selector -> EndpointSlice of ready/serving/terminating pods
 - ``garbagecollector``: delete dependents whose owners are gone; foreground/orphan finalizers
+- ``namespace``: empty a Terminating namespace (every namespaced resource, read live), then
+  remove its ``kubernetes`` finalizer so the API removes it
 - ``objects`` (raw JSON shapes, selectors, readiness, hashes) and ``actions`` (Create/Patch/
-  Delete/Requeue): the vocabulary the reconcile functions share
+  Delete/DeleteCollection/FinalizeNamespace/Requeue): the vocabulary the reconcile functions share
 - ``queue``, ``runtime``, ``applier``: work queue, expectations and worker loop, client calls
-- ``manager`` / ``__main__``: reflectors for seven kinds, all loops, readiness, SIGTERM
+- ``manager`` / ``__main__``: reflectors for eight kinds, all loops, readiness, SIGTERM
 """

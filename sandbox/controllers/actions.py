@@ -1,4 +1,5 @@
-"""What a reconcile function returns: creates, patches, deletes and requeues, as plain data.
+"""What a reconcile function returns: creates, patches, deletes, namespace finalization and
+requeues, as plain data.
 
 The reconcile functions never talk to the API; the runtime's applier turns these into client
 calls, in order, and logs each one with its ``why``.
@@ -8,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Union
 
-from sandbox.controllers.objects import Kind, OwnerReference
+from sandbox.controllers.objects import Kind, OwnerReference, Resource
 
 PatchType = Literal["merge", "strategic", "json"]
 
@@ -62,6 +63,33 @@ class Delete:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DeleteCollection:
+    """Delete every object of one resource in a namespace (``deletecollection``)."""
+
+    resource: Resource
+    namespace: str
+    why: str
+
+    def describe(self) -> str:
+        return f"delete all {self.resource} in {self.namespace} ({self.why})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class FinalizeNamespace:
+    """Set a Terminating namespace's ``spec.finalizers`` (``PUT .../finalize``); the API removes
+    the namespace once no finalizer is left."""
+
+    name: str
+    finalizers: tuple[str, ...]
+    resource_version: str
+    """optimistic concurrency: the version the decision was made on"""
+    why: str
+
+    def describe(self) -> str:
+        return f"finalize Namespace {self.name} (spec.finalizers {list(self.finalizers)}; {self.why})"
+
+
+@dataclass(frozen=True, kw_only=True)
 class Requeue:
     """Run this key's reconcile again after ``after`` seconds even if nothing changes
     (e.g. a pod that becomes available once minReadySeconds have passed)."""
@@ -73,7 +101,7 @@ class Requeue:
         return f"requeue in {self.after:.1f}s ({self.why})"
 
 
-Action = Union[Create, Patch, Delete, Requeue]
+Action = Union[Create, Patch, Delete, DeleteCollection, FinalizeNamespace, Requeue]
 
 
 def _ref(namespace: str, name: str) -> str:

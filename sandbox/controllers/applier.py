@@ -6,6 +6,9 @@
   precondition and a propagation policy.
 - Answers are read raw (``_preload_content=False``) so callers get the same camelCase JSON the
   reflectors store, resourceVersion included.
+- For the namespace controller, which handles every namespaced resource the API serves (not
+  only the kinds above): discovery, lists and ``deletecollection`` by path, and ``PUT
+  .../finalize``, through the client's generic request call.
 - 404 on delete and 409 on a uid precondition mean the work is already done; AlreadyExists on a
   create means the name is taken (the controller's next pass sees it); other 409s are
   ``ConflictError``; anything else is ``ApplyError``.
@@ -19,9 +22,9 @@ import urllib3
 from kubernetes import client as k8s
 from kubernetes.client.exceptions import ApiException
 
-from sandbox.controllers.actions import Action, Create, Delete, Patch, Requeue
+from sandbox.controllers.actions import Action, Create, Delete, DeleteCollection, FinalizeNamespace, Patch, Requeue
 from sandbox.controllers.errors import ApplyError, ConflictError
-from sandbox.controllers.objects import Kind, OwnerReference
+from sandbox.controllers.objects import Kind, OwnerReference, Resource
 
 _CONTENT_TYPES = {
     "merge": "application/merge-patch+json",
@@ -42,6 +45,7 @@ _KINDS: dict[str, tuple[type, str, type]] = {
 
 class Applier:
     def __init__(self, api: k8s.ApiClient, *, timeout: float = 10.0) -> None:
+        self._api = api
         self._apis = {cls: cls(api) for cls in {c for c, _, _ in _KINDS.values()}}
         self._timeout = timeout
 
@@ -54,6 +58,11 @@ class Applier:
         if isinstance(action, Delete):
             self._delete(action)
             return None
+        if isinstance(action, DeleteCollection):
+            self._delete_collection(action)
+            return None
+        if isinstance(action, FinalizeNamespace):
+            return self._finalize(action)
         if isinstance(action, Requeue):
             return None
         raise TypeError(f"BUG: unknown action {action!r}")
@@ -70,6 +79,38 @@ class Applier:
                 return False
             raise _convert(exc, what=f"look up {kind} {namespace}/{ref.get('name')}") from exc
         return (obj.get("metadata") or {}).get("uid") == ref.get("uid")
+
+    def namespace_content(self, namespace: str) -> dict[Resource, list[dict]]:
+        """Live: every object in ``namespace``, for each namespaced resource that can be listed
+        and deleted by collection (the namespace controller's ``NamespaceContent``)."""
+        out: dict[Resource, list[dict]] = {}
+        for resource in self.namespaced_resources():
+            try:
+                items = self._request("GET", resource.path(namespace), what=f"list {resource} in {namespace}")
+            except ApplyError as exc:
+                if exc.status == 404:
+                    continue  # served no more (the API changed under us)
+                raise
+            out[resource] = list((items or {}).get("items") or [])
+        return out
+
+    def namespaced_resources(self) -> list[Resource]:
+        """From the API's discovery: /api/v1, then the preferred version of each group."""
+        versions = [("", "v1")]
+        groups = self._request("GET", "/apis", what="discover API groups") or {}
+        for g in groups.get("groups") or []:
+            preferred = (g.get("preferredVersion") or {}).get("version")
+            if preferred:
+                versions.append((g.get("name", ""), preferred))
+        out = []
+        for group, version in versions:
+            path = f"/apis/{group}/{version}" if group else f"/api/{version}"
+            doc = self._request("GET", path, what=f"discover {group or 'core'}/{version}") or {}
+            for r in doc.get("resources") or []:
+                verbs = set(r.get("verbs") or [])
+                if r.get("namespaced") and "/" not in r.get("name", "") and {"list", "deletecollection"} <= verbs:
+                    out.append(Resource(group, version, r["name"]))
+        return out
 
     # ---- verbs -----------------------------------------------------------------------------
     def _create(self, action: Create) -> dict | None:
@@ -100,6 +141,43 @@ class Applier:
             if exc.status == 404 or (exc.status == 409 and action.uid):
                 return  # already gone, or replaced by a namesake we must not touch
             raise _convert(exc, what=action.describe()) from exc
+
+    def _delete_collection(self, action: DeleteCollection) -> None:
+        try:
+            self._request("DELETE", action.resource.path(action.namespace), body={"propagationPolicy": "Background"},
+                          what=action.describe())
+        except ApplyError as exc:
+            if exc.status != 404:
+                raise
+
+    def _finalize(self, action: FinalizeNamespace) -> dict | None:
+        body = {
+            "apiVersion": "v1", "kind": "Namespace",
+            "metadata": {"name": action.name, "resourceVersion": action.resource_version or None},
+            "spec": {"finalizers": list(action.finalizers)},
+        }
+        try:
+            return self._request("PUT", f"/api/v1/namespaces/{action.name}/finalize", body=body, what=action.describe())
+        except ApplyError as exc:
+            if exc.status == 404:
+                return None  # gone already
+            raise
+
+    def _request(self, method: str, path: str, *, what: str, body: dict | None = None) -> dict | None:
+        """One request by path (for resources the typed API classes do not cover), JSON in and out."""
+        headers = {"Accept": "application/json"}
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        try:
+            request = self._api.param_serialize(method=method, resource_path=path, header_params=headers,
+                                                body=body, auth_settings=["BearerToken"])
+            resp = self._api.call_api(*request, _request_timeout=self._timeout)
+            resp.read()
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise ApplyError(f"{what}: cannot reach the API server ({exc}); is it running?") from exc
+        if not 200 <= resp.status <= 299:
+            raise _convert(ApiException(http_resp=resp), what=what)
+        return json.loads(resp.data) if resp.data else None
 
     def _call(self, kind: str, template: str, *args: Any, **kwargs: Any) -> dict:
         cls, snake, _ = _KINDS[_check_kind(kind)]

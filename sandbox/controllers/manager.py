@@ -1,9 +1,9 @@
 """All controllers in one process: shared reflectors, one loop per controller, until SIGTERM.
 
 One reflector per kind (Pods, Nodes, Services, EndpointSlices, Deployments, ReplicaSets,
-DaemonSets) feeds every controller that reads that kind. Workers start once every reflector has
-completed its first list (the garbage collector must never judge an owner missing because its
-kind has not been listed yet); that moment is readiness. Every ``resync`` seconds every key is
+DaemonSets, Namespaces) feeds every controller that reads that kind. Workers start once every
+reflector has completed its first list (the garbage collector must never judge an owner missing
+because its kind has not been listed yet); that moment is readiness. Every ``resync`` seconds every key is
 enqueued again, to recover from anything missed.
 """
 from __future__ import annotations
@@ -26,6 +26,7 @@ from sandbox.controllers.deployment import DeploymentController
 from sandbox.controllers.endpointslice import EndpointSliceController
 from sandbox.controllers.errors import StartupError
 from sandbox.controllers.garbagecollector import GarbageCollector
+from sandbox.controllers.namespace import NamespaceContent, NamespaceController
 from sandbox.controllers.objects import Kind
 from sandbox.controllers.queue import WorkQueue
 from sandbox.controllers.replicaset import ReplicaSetController
@@ -43,13 +44,15 @@ LIST_CALLS: dict[Kind, tuple[type, str]] = {
     "Deployment": (k8s.AppsV1Api, "list_deployment_for_all_namespaces"),
     "ReplicaSet": (k8s.AppsV1Api, "list_replica_set_for_all_namespaces"),
     "DaemonSet": (k8s.AppsV1Api, "list_daemon_set_for_all_namespaces"),
+    "Namespace": (k8s.CoreV1Api, "list_namespace"),
 }
 
 # debounce per controller: the cluster-wide passes wait a little longer to batch bursts
 _DEBOUNCE = {"scheduler": 0.05, "garbagecollector": 0.3}
 
 
-def default_controllers() -> list[Controller]:
+def default_controllers(*, content: NamespaceContent) -> list[Controller]:
+    """Every controller; ``content`` reads namespaces live for the namespace controller."""
     return [
         Scheduler(),
         DeploymentController(),
@@ -57,6 +60,7 @@ def default_controllers() -> list[Controller]:
         DaemonSetController(),
         EndpointSliceController(),
         GarbageCollector(),
+        NamespaceController(content),
     ]
 
 
@@ -66,10 +70,9 @@ class ControllerManager:
         *,
         list_fns: Mapping[Kind, Callable[..., Any]],
         applier: Applies,
-        controllers: list[Controller] | None = None,
+        controllers: list[Controller],
         resync: float = 60.0,
     ) -> None:
-        controllers = controllers if controllers is not None else default_controllers()
         needed = {kind for c in controllers for kind in c.kinds}
         missing = needed - set(list_fns)
         if missing:
@@ -97,7 +100,8 @@ class ControllerManager:
         list_fns = {}
         for kind, (api_cls, method) in LIST_CALLS.items():
             list_fns[kind] = getattr(api_cls(api_client(cfg, server=server)), method)
-        return cls(list_fns=list_fns, applier=Applier(api_client(cfg, server=server)))
+        applier = Applier(api_client(cfg, server=server))
+        return cls(list_fns=list_fns, applier=applier, controllers=default_controllers(content=applier))
 
     def _handler(self, kind: Kind) -> Callable[[str, dict], None]:
         def on_event(etype: str, obj: dict) -> None:

@@ -11,9 +11,10 @@ import hashlib
 import json
 import secrets
 from datetime import datetime, timezone
+from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Protocol, TypedDict
 
-Kind = Literal["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet"]
+Kind = Literal["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Namespace"]
 Key = tuple[str, str]
 """(namespace or "", name), as in the reflector's store"""
 
@@ -115,6 +116,31 @@ class EndpointSlice(TypedDict, total=False):
     addressType: str
     endpoints: list[dict[str, Any]]
     ports: list[dict[str, Any]]
+
+
+class Namespace(TypedDict, total=False):
+    apiVersion: str
+    kind: str
+    metadata: ObjectMeta
+    spec: dict[str, Any]  # finalizers
+    status: dict[str, Any]  # phase: Active or Terminating
+
+
+@dataclass(frozen=True, order=True)
+class Resource:
+    """A resource type as the API's discovery names it (any kind, not only those of ``Kind``)."""
+
+    group: str
+    version: str
+    plural: str
+
+    def __str__(self) -> str:
+        return f"{self.plural}.{self.group}" if self.group else self.plural
+
+    def path(self, namespace: str) -> str:
+        """The collection path of this resource in ``namespace``."""
+        prefix = f"/apis/{self.group}/{self.version}" if self.group else f"/api/{self.version}"
+        return f"{prefix}/namespaces/{namespace}/{self.plural}"
 
 
 class Store(Protocol):

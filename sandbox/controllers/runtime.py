@@ -212,6 +212,10 @@ class ControllerLoop:
             return
         try:
             actions = self.controller.sync(key, self.store, now=self._now())
+        except ApplyError as exc:  # a live read failed (the namespace controller reads live)
+            delay = self.queue.retry(key)
+            self.log.warning("%s (again in %.1fs)", exc, delay)
+            return
         except Exception:
             self.log.exception("BUG: reconcile of %s failed; retrying with backoff", key)
             self.queue.retry(key)

@@ -358,6 +358,45 @@ def test_finalizers_hold_deletion_until_removed(core):
     assert err.value.status == 404
 
 
+def test_namespace_deletion_waits_for_its_finalizers(core, api):
+    """DELETE marks a namespace Terminating (no new content); /finalize removes the ``kubernetes``
+    finalizer (what the namespace controller does once the namespace is empty), and it goes."""
+    rv = core.list_namespace().metadata.resource_version
+    core.create_namespace({"metadata": {"name": "fin"}})
+    core.create_namespaced_config_map("fin", cm("kept"))
+    status, first, _ = raw_request(api, "DELETE", "/api/v1/namespaces/fin", body=b'{"propagationPolicy": "Background"}')
+    assert status == 200
+    assert first["metadata"]["deletionTimestamp"] and first["status"]["phase"] == "Terminating"
+    assert first["spec"]["finalizers"] == ["kubernetes"]
+    status, again, _ = raw_request(api, "DELETE", "/api/v1/namespaces/fin")
+    assert status == 200 and again["metadata"] == first["metadata"], "deleting again changes nothing"
+
+    status, refused, _ = raw_request(api, "POST", "/api/v1/namespaces/fin/configmaps", body=b'{"metadata": {"name": "new"}}')
+    assert (status, refused["reason"]) == (403, "Forbidden")
+    assert refused["message"] == 'configmaps "new" is forbidden: unable to create new content in namespace fin because it is being terminated'
+    assert refused["details"]["causes"] == [{"reason": "NamespaceTerminating", "message": "namespace fin is being terminated", "field": "metadata.namespace"}]
+    core.patch_namespaced_config_map("kept", "fin", {"data": {"a": "1"}})  # existing content may change
+
+    # only /finalize changes spec.finalizers, and only with PUT
+    core.patch_namespace("fin", {"spec": {"finalizers": []}, "metadata": {"labels": {"x": "y"}}})
+    assert core.read_namespace("fin").spec.finalizers == ["kubernetes"]
+    status, _, _ = raw_request(api, "GET", "/api/v1/namespaces/fin/finalize")
+    assert status == 405
+    status, bad, _ = raw_request(api, "PUT", "/api/v1/namespaces/fin/finalize", body=b'{"metadata": {"name": "fin"}, "spec": {"finalizers": [7]}}')
+    assert (status, bad["reason"]) == (422, "Invalid")
+
+    core.replace_namespace_finalize("fin", {"metadata": {"name": "fin"}, "spec": {"finalizers": []}})
+    with pytest.raises(ApiException) as err:
+        core.read_namespace("fin")
+    assert err.value.status == 404
+    assert core.list_namespaced_config_map("fin").items == [], "nothing is left behind"
+    events = [(e["type"], e["raw_object"]["status"].get("phase"))
+              for e in watch.Watch().stream(core.list_namespace, resource_version=rv, field_selector="metadata.name=fin",
+                                            timeout_seconds=1)]
+    assert events[0] == ("ADDED", "Active") and ("MODIFIED", "Terminating") in events
+    assert events[-1] == ("DELETED", "Terminating")
+
+
 def test_delete_collection_and_dry_run(core):
     for i in range(3):
         core.create_namespaced_config_map("default", {"metadata": {"name": f"dc-{i}", "labels": {"dc": "yes"}}})

@@ -177,13 +177,27 @@ def test_delete_and_delete_missing(kubectl):
     assert 'Error from server (NotFound): configmaps "doomed" not found' in missing.stderr
 
 
-def test_delete_namespace_deletes_its_contents(kubectl):
+def test_deleted_namespace_is_terminating_until_finalized(kubectl):
+    """Without the controllers (the namespace controller empties and finalizes namespaces), a
+    deleted namespace stays Terminating; finalizing it by hand removes it and what is left in it."""
     kubectl("apply", "-f", "-", stdin='{"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "tmp-ns"}}')
     kubectl("apply", "-f", "-", stdin=configmap("inside", namespace="tmp-ns"))
-    kubectl("delete", "namespace", "tmp-ns")
+    assert kubectl("delete", "namespace", "tmp-ns", "--wait=false").stdout.strip() == 'namespace "tmp-ns" deleted'
+    header, rows = _header_and_rows(kubectl("get", "namespace", "tmp-ns").stdout)
+    assert header == ["NAME", "STATUS", "AGE"] and rows[0][:2] == ["tmp-ns", "Terminating"]
+    refused = kubectl("apply", "-f", "-", stdin=configmap("late", namespace="tmp-ns"), check=False)
+    assert refused.returncode == 1
+    assert ('Error from server (Forbidden): error when creating "STDIN": configmaps "late" is forbidden: '
+            "unable to create new content in namespace tmp-ns because it is being terminated") in refused.stderr
+    assert kubectl("get", "cm", "inside", "-n", "tmp-ns", "-o", "name").stdout.strip() == "configmap/inside"
+
+    ns = json.loads(kubectl("get", "namespace", "tmp-ns", "-o", "json").stdout)
+    assert ns["spec"]["finalizers"] == ["kubernetes"] and ns["metadata"]["deletionTimestamp"]
+    ns["spec"]["finalizers"] = []
+    kubectl("replace", "--raw", "/api/v1/namespaces/tmp-ns/finalize", "-f", "-", stdin=json.dumps(ns))
+    gone = kubectl("get", "namespace", "tmp-ns", check=False)
+    assert gone.returncode == 1 and 'namespaces "tmp-ns" not found' in gone.stderr
     assert kubectl("get", "cm", "-A", "--field-selector", "metadata.namespace=tmp-ns", "-o", "name").stdout.strip() == ""
-    gone = kubectl("get", "cm", "inside", "-n", "tmp-ns", check=False)
-    assert gone.returncode == 1 and "NotFound" in gone.stderr
 
 
 def test_unknown_resource_type(kubectl):

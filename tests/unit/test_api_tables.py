@@ -116,6 +116,7 @@ ROW_CASES = [
         {"Name": "node-1", "Status": "Ready,SchedulingDisabled", "Roles": "worker", "Age": "5m", "Version": "v1.32.0-ambit"},
     ),
     ("namespace", "namespaces", {"metadata": {"name": "shop", "creationTimestamp": ts(timedelta(days=40))}, "status": {"phase": "Active"}}, False, {"Name": "shop", "Status": "Active", "Age": "40d"}),
+    ("namespace-terminating", "namespaces", {"metadata": {"name": "shop", "creationTimestamp": ts(timedelta(days=40)), "deletionTimestamp": ts(timedelta(seconds=1))}, "status": {"phase": "Terminating"}}, False, {"Name": "shop", "Status": "Terminating", "Age": "40d"}),
     (
         "endpointslice",
         "endpointslices.discovery.k8s.io",

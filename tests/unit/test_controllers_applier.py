@@ -8,9 +8,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 from kubernetes import client as k8s
 
-from sandbox.controllers.actions import Create, Delete, Patch
+from sandbox.controllers.actions import Create, Delete, DeleteCollection, FinalizeNamespace, Patch
 from sandbox.controllers.applier import Applier
 from sandbox.controllers.errors import ApplyError, ConflictError
+from sandbox.controllers.objects import Resource
 
 
 class FakeApi:
@@ -41,7 +42,7 @@ class FakeApi:
                 self.end_headers()
                 self.wfile.write(data)
 
-            do_GET = do_POST = do_PATCH = do_DELETE = _serve
+            do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = _serve
 
             def log_message(self, *args) -> None:
                 pass
@@ -182,3 +183,59 @@ def test_owner_lookup_compares_uids(api, applier):
     api.responses[("GET", path)] = (404, status_body(404, "NotFound"))
     assert not applier.owner_exists("demo", {"kind": "ReplicaSet", "name": "web-abc", "uid": "uid-rs"})
     assert applier.owner_exists("demo", {"kind": "Job", "name": "x", "uid": "u"}), "unknown kinds are kept"
+
+
+# ---- the namespace controller's calls ---------------------------------------------------------
+def resource_list(group_version, *entries):
+    return {"kind": "APIResourceList", "groupVersion": group_version,
+            "resources": [{"name": n, "namespaced": ns, "kind": n.title(), "verbs": verbs} for n, ns, verbs in entries]}
+
+
+ALL = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+
+
+def test_namespace_content_lists_every_namespaced_resource_from_discovery(api, applier):
+    api.responses[("GET", "/apis")] = (200, {"kind": "APIGroupList", "groups": [
+        {"name": "apps", "versions": [{"groupVersion": "apps/v1", "version": "v1"}],
+         "preferredVersion": {"groupVersion": "apps/v1", "version": "v1"}},
+        {"name": "authentication.k8s.io", "preferredVersion": {"version": "v1"}}]})
+    api.responses[("GET", "/api/v1")] = (200, resource_list(
+        "v1", ("namespaces", False, ALL), ("namespaces/finalize", False, ["update"]), ("configmaps", True, ALL),
+        ("pods", True, ALL), ("pods/status", True, ["get", "patch", "update"])))
+    api.responses[("GET", "/apis/apps/v1")] = (200, resource_list("apps/v1", ("deployments", True, ALL)))
+    api.responses[("GET", "/apis/authentication.k8s.io/v1")] = (200, resource_list(
+        "authentication.k8s.io/v1", ("tokenreviews", False, ["create"])))
+    api.responses[("GET", "/api/v1/namespaces/shop/configmaps")] = (200, {"items": [{"metadata": {"name": "a"}}]})
+    api.responses[("GET", "/api/v1/namespaces/shop/pods")] = (200, {"items": []})
+    api.responses[("GET", "/apis/apps/v1/namespaces/shop/deployments")] = (404, status_body(404, "NotFound"))
+    content = applier.namespace_content("shop")
+    assert content == {Resource("", "v1", "configmaps"): [{"metadata": {"name": "a"}}], Resource("", "v1", "pods"): []}
+    assert all(r["method"] == "GET" for r in api.requests)
+
+
+def test_delete_collection_deletes_in_the_background(api, applier):
+    applier.apply(DeleteCollection(resource=Resource("apps", "v1", "replicasets"), namespace="shop", why="x"))
+    [req] = api.requests
+    assert (req["method"], req["path"]) == ("DELETE", "/apis/apps/v1/namespaces/shop/replicasets")
+    assert req["body"] == {"propagationPolicy": "Background"}
+    api.responses[("DELETE", "/api/v1/namespaces/shop/pods")] = (404, status_body(404, "NotFound"))
+    assert applier.apply(DeleteCollection(resource=Resource("", "v1", "pods"), namespace="shop", why="x")) is None
+
+
+def test_finalize_puts_the_remaining_finalizers(api, applier):
+    action = FinalizeNamespace(name="shop", finalizers=("example.com/other",), resource_version="41", why="x")
+    result = applier.apply(action)
+    [req] = api.requests
+    assert (req["method"], req["path"]) == ("PUT", "/api/v1/namespaces/shop/finalize")
+    assert req["body"]["spec"] == {"finalizers": ["example.com/other"]}
+    assert req["body"]["metadata"] == {"name": "shop", "resourceVersion": "41"}
+    assert result["metadata"]["resourceVersion"] == "42"
+    path = "/api/v1/namespaces/shop/finalize"
+    api.responses[("PUT", path)] = (404, status_body(404, "NotFound"))
+    assert applier.apply(action) is None, "a namespace gone already is finalized"
+    api.responses[("PUT", path)] = (409, status_body(409, "Conflict", "the object has been modified"))
+    with pytest.raises(ConflictError, match="finalize Namespace shop"):
+        applier.apply(action)
+    api.responses[("PUT", path)] = (403, status_body(403, "Forbidden", "no"))
+    with pytest.raises(ApplyError, match="HTTP 403 Forbidden: no"):
+        applier.apply(action)

@@ -269,3 +269,20 @@ def test_events_map_to_keys():
     clock.t += 1
     assert loop.queue.get(timeout=0) == "p1"
     assert loop.queue.get(timeout=0) is None
+
+
+def test_a_failed_live_read_in_sync_is_retried_with_a_warning_not_a_bug(caplog):
+    loop, controller, applier, clock = make_loop([])
+
+    def failing_sync(key, store, *, now):
+        raise ApplyError("list configmaps in shop: cannot reach the API server", status=0)
+
+    controller.sync = failing_sync
+    with caplog.at_level("INFO", logger="sandbox.controllers"):
+        loop.process("k")
+    loop.queue.done("k")
+    assert [(r.levelname, r.getMessage().split(" (again")[0]) for r in caplog.records] == [
+        ("WARNING", "list configmaps in shop: cannot reach the API server")]
+    assert loop.queue.failures("k") == 1
+    clock.t += 1
+    assert loop.queue.get(timeout=0) == "k"
