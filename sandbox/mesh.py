@@ -98,6 +98,8 @@ def objects(cfg: SandboxConfig) -> list[dict]:
                                 "readinessProbe": {"httpGet": {"path": "/healthz/ready", "port": 15021},
                                                    "periodSeconds": 1},
                                 "volumeMounts": [{"name": "ca-token", "mountPath": "/var/run/secrets/ambit/tokens",
+                                                  "readOnly": True},
+                                                 {"name": "trust-bundle", "mountPath": "/var/run/ambit/trust",
                                                   "readOnly": True}],
                             },
                             {
@@ -110,11 +112,13 @@ def objects(cfg: SandboxConfig) -> list[dict]:
                                 "env": [_env_field("NODE_NAME", "spec.nodeName")],
                             },
                         ],
-                        "volumes": [{
-                            "name": "ca-token",
-                            "projected": {"sources": [{"serviceAccountToken": {
-                                "audience": "ambit-identity", "expirationSeconds": 3600, "path": "ambit-identity"}}]},
-                        }],
+                        "volumes": [
+                            {"name": "ca-token",
+                             "projected": {"sources": [{"serviceAccountToken": {
+                                 "audience": "ambit-identity", "expirationSeconds": 3600, "path": "ambit-identity"}}]}},
+                            # optional: on first install the CA creates it; until then the agent reads it via the API
+                            {"name": "trust-bundle", "configMap": {"name": "ambit-trust-bundle", "optional": True}},
+                        ],
                     },
                 },
             },
