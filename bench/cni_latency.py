@@ -3,11 +3,15 @@
 For each sample we pick a running pod the agent knows, take what the runtime recorded for it (the
 CNI cache entry: container id, netns, ``CNI_ARGS`` and the chain's result, which is the
 ``prevResult`` ambit-cni receives), build the plugin's stdin from its entry in the node's conflist,
-and time the plugin process from exec to exit. For an enrolled pod that is the agent's whole
-ADD path (find the pod, record it, (re)install and verify the redirection, certificate ready,
-answer); for another pod it is the "not enrolled" answer. The pods are already captured, so the
-listeners are not reopened: an ADD for a brand-new pod also opens three listeners (sub-millisecond)
-and may wait for its first certificate.
+and time the plugin process from exec to exit.
+
+- enrolled pods: a DEL first (untimed: the agent releases the pod and removes its rules, so the
+  netns is as fresh as at pod start), then the timed ADD: the agent's whole first-ADD path (find
+  the pod, record it, open the three listeners, certificate ready, install the rules, answer);
+- other pods: the timed ADD only (the agent answers "not enrolled").
+
+Each enrolled pod is cycled once per sample; the pods are idle ``sleep`` pods, so the moment
+without capture between DEL and ADD hurts nobody.
 """
 from __future__ import annotations
 
@@ -41,8 +45,10 @@ def _plugin_conf(topo: Topology, node: str) -> tuple[dict, str]:
     return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}, conflist["name"]
 
 
-def time_adds(children: Children, topo: Topology, pods: list[Pod], *, samples: int) -> tuple[list[float], list[str]]:
-    """Wall-clock milliseconds of ``samples`` ADDs spread over ``pods``; and the errors seen."""
+def time_adds(children: Children, topo: Topology, pods: list[Pod], *, samples: int,
+              delete_first: bool) -> tuple[list[float], list[str]]:
+    """Wall-clock milliseconds of ``samples`` ADDs spread over ``pods`` (each after an untimed DEL if
+    ``delete_first``); and the errors seen."""
     entries: dict[str, dict] = {}
     confs: dict[str, dict] = {}
     for node in {p.node for p in pods}:
@@ -63,6 +69,10 @@ def time_adds(children: Children, topo: Topology, pods: list[Pod], *, samples: i
                "CNI_ARGS": ";".join(f"{k}={v}" for k, v in entry["cniArgs"]),
                "CNI_PATH": f"{topo.cfg.cni_bin_dir(pod.node)}:/usr/lib/cni:/opt/cni/bin"}
         plugin = str(topo.cfg.cni_bin_dir(pod.node) / "ambit-cni")
+        if delete_first:
+            rc, out, err = children.run([plugin], input=stdin, env={**env, "CNI_COMMAND": "DEL"}, timeout=30)
+            if rc != 0:
+                errors.append(f"{pod.namespace}/{pod.name}: DEL exit {rc}: {(out or err).strip()[:200]}")
         started = time.perf_counter()
         rc, out, err = children.run([plugin], input=stdin, env=env, timeout=30)
         elapsed = (time.perf_counter() - started) * 1000

@@ -301,12 +301,13 @@ class Bench:
         n = self.s.cni_samples
         if n <= 0:
             return
-        enrolled = self.topo.pods(NS_SCALE) + self.topo.pods(NS_MESH)
+        enrolled = self.topo.pods(NS_SCALE) or self.topo.pods(NS_MESH)
         others = self.topo.pods(NS_DIRECT)
         for key, pods in (("enrolled_ms", enrolled), ("not_enrolled_ms", others)):
             say(f"CNI ADD x{n}: {key.removesuffix('_ms').replace('_', ' ')} pods")
             try:
-                times, errors = cni_latency.time_adds(self.children, self.topo, pods, samples=n)
+                times, errors = cni_latency.time_adds(self.children, self.topo, pods, samples=n,
+                                                      delete_first=key == "enrolled_ms")
             except ToolError as exc:
                 self.errors["cni"].append(str(exc))
                 continue
