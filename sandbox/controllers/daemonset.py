@@ -27,7 +27,6 @@ from sandbox.controllers.objects import (
     Pod,
     Store,
     Workload,
-    controller_ref,
     creation_order,
     generation_of,
     int_or_percent,
@@ -39,6 +38,7 @@ from sandbox.controllers.objects import (
     namespace_of,
     node_affinity_matches,
     node_is_ready,
+    owner_keys,
     pod_is_available,
     pod_is_ready,
     pod_is_terminal,
@@ -164,10 +164,7 @@ class DaemonSetController:
             return ((namespace_of(obj), name_of(obj)),)
         if kind == "Node":
             return [(namespace_of(ds), name_of(ds)) for ds in store.list("DaemonSet")]
-        ref = controller_ref(obj)
-        if ref and ref.get("kind") == "DaemonSet":
-            return ((namespace_of(obj), ref.get("name", "")),)
-        return ()
+        return owner_keys(obj, "DaemonSet")
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
         ds = store.get("DaemonSet", key)

@@ -27,7 +27,6 @@ from sandbox.controllers.objects import (
     Store,
     Workload,
     condition,
-    controller_ref,
     creation_order,
     format_time,
     generation_of,
@@ -38,6 +37,7 @@ from sandbox.controllers.objects import (
     meta,
     name_of,
     namespace_of,
+    owner_keys,
     owner_reference,
     template_hash,
     uid_of,
@@ -326,10 +326,7 @@ class DeploymentController:
     def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         if kind == "Deployment":
             return ((namespace_of(obj), name_of(obj)),)
-        ref = controller_ref(obj)
-        if ref and ref.get("kind") == "Deployment":
-            return ((namespace_of(obj), ref.get("name", "")),)
-        return ()
+        return owner_keys(obj, "Deployment")
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
         deploy = store.get("Deployment", key)

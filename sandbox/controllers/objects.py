@@ -191,6 +191,14 @@ def controller_ref(obj: Mapping[str, Any]) -> OwnerReference | None:
     return None
 
 
+def owner_keys(obj: Mapping[str, Any], owner_kind: str) -> tuple[tuple[str, str], ...]:
+    """The work-queue key of ``obj``'s controller when that is an ``owner_kind``; else none."""
+    ref = controller_ref(obj)
+    if ref and ref.get("kind") == owner_kind:
+        return ((namespace_of(obj), ref.get("name", "")),)
+    return ()
+
+
 def is_controlled_by(obj: Mapping[str, Any], owner: Mapping[str, Any]) -> bool:
     ref = controller_ref(obj)
     return ref is not None and bool(ref.get("uid")) and ref.get("uid") == uid_of(owner)

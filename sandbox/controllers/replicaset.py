@@ -21,7 +21,7 @@ from sandbox.controllers.objects import (
     Pod,
     Store,
     Workload,
-    controller_ref,
+    condition,
     epoch,
     generation_of,
     is_controlled_by,
@@ -30,6 +30,7 @@ from sandbox.controllers.objects import (
     meta,
     name_of,
     namespace_of,
+    owner_keys,
     owner_reference,
     pod_is_active,
     pod_is_available,
@@ -39,7 +40,6 @@ from sandbox.controllers.objects import (
     random_suffix,
     seconds_until_available,
     uid_of,
-    condition,
 )
 
 BURST = 100
@@ -168,10 +168,7 @@ class ReplicaSetController:
     def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[tuple[str, str]]:
         if kind == "ReplicaSet":
             return ((namespace_of(obj), name_of(obj)),)
-        ref = controller_ref(obj)
-        if ref and ref.get("kind") == "ReplicaSet":
-            return ((namespace_of(obj), ref.get("name", "")),)
-        return ()
+        return owner_keys(obj, "ReplicaSet")
 
     def sync(self, key: tuple[str, str], store: Store, *, now: datetime) -> list[Action]:
         rs = store.get("ReplicaSet", key)
