@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, disable_created_metrics
+
+disable_created_metrics()  # Istio-shaped counters only: no *_created gauge beside every series
 
 LABELS = (
     "reporter",
@@ -52,7 +54,8 @@ class ConnectionMetrics:
         self.closed = metrics.closed.labels(*values)
         self.sent = metrics.sent.labels(*values)
         self.received = metrics.received.labels(*values)
-        self.failed = metrics.failed.labels(*values)
+        # only label sets with a response flag fail: no zero-valued failed series beside every success
+        self.failed = metrics.failed.labels(*values) if labels.response_flags != "-" else None
 
 
 class TcpMetrics:
@@ -76,14 +79,23 @@ class TcpMetrics:
 class MetricsObserver:
     """The proxy's ``Observer``: counters per connection, and one log line when it closes."""
 
-    __slots__ = ("_metrics", "_open", "_log")
+    __slots__ = ("_metrics", "_open", "_children", "_log")
 
     def __init__(self, metrics: TcpMetrics) -> None:
         import logging
 
         self._metrics = metrics
         self._open: dict[int, ConnectionMetrics] = {}
+        # label children per label set: a connection looks its counters up once, in a dict; the set
+        # of label values is bounded by workloads and services, so is this cache
+        self._children: dict[ConnectionLabels, ConnectionMetrics] = {}
         self._log = logging.getLogger("ambit.access")
+
+    def _counters(self, labels: ConnectionLabels) -> ConnectionMetrics:
+        children = self._children.get(labels)
+        if children is None:
+            children = self._children[labels] = self._metrics.connection(labels)
+        return children
 
     @staticmethod
     def labels(record) -> ConnectionLabels:
@@ -104,16 +116,16 @@ class MetricsObserver:
         )
 
     def opened(self, record) -> None:
-        children = self._metrics.connection(self.labels(record))
+        children = self._counters(self.labels(record))
         children.opened.inc()
-        if record.response_flags != "-":
+        if children.failed is not None:
             children.failed.inc()
         self._open[record.id] = children
 
     def closed(self, record, result) -> None:
         children = self._open.pop(record.id, None)
         if children is None:  # the proxy promises opened() first; count it anyway rather than lose it
-            children = self._metrics.connection(self.labels(record))
+            children = self._counters(self.labels(record))
             children.opened.inc()
         children.closed.inc()
         children.received.inc(result.from_client)
