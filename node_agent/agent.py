@@ -368,7 +368,17 @@ def _log_exit(task: asyncio.Task) -> None:
         log.error("task %s exited: %r", task.get_name(), exc)
 
 
+def _raise_fd_limit() -> None:
+    """Three listeners per captured pod plus pooled upstream sockets: lift the soft fd limit to the hard one."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def main(settings: AgentSettings) -> int:
+    _raise_fd_limit()
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency

@@ -186,6 +186,29 @@ class NetnsWorker:
         """``connect_socket_in_netns`` on this worker, awaitable."""
         return await self.run(ns, functools.partial(_make_connector, ns, family=family, mark=mark, bind_ip=bind_ip))
 
+    async def connect_sockets(
+        self,
+        ns: PodNetns,
+        *,
+        count: int,
+        family: socket.AddressFamily | int = socket.AF_INET,
+        mark: int | None = PROXY_MARK,
+    ) -> list[socket.socket]:
+        """``count`` unbound connector sockets made in one job: a pool's refill, one thread hop."""
+
+        def make() -> list[socket.socket]:
+            made: list[socket.socket] = []
+            try:
+                for _ in range(count):
+                    made.append(_make_connector(ns, family=family, mark=mark, bind_ip=None))
+            except BaseException:
+                for sock in made:
+                    sock.close()
+                raise
+            return made
+
+        return await self.run(ns, make)
+
     def close(self, timeout: float = 5.0) -> None:
         """Finish queued jobs and stop the thread."""
         self._closed = True
@@ -251,8 +274,9 @@ def _run_job(job: _Job, home: int) -> bool:
 def _close_orphan(future: concurrent.futures.Future) -> None:
     if not future.cancelled() and future.exception() is None:
         result = future.result()
-        if isinstance(result, socket.socket):
-            result.close()
+        for sock in result if isinstance(result, list) else [result]:
+            if isinstance(sock, socket.socket):
+                sock.close()
 
 
 def _in_fresh_thread(ns: PodNetns, fn: Callable[..., T], *args: Any) -> T:
