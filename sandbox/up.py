@@ -105,6 +105,10 @@ def down(cfg: SandboxConfig) -> list[str]:
     if cfg.state_dir.exists():
         shutil.rmtree(cfg.state_dir, ignore_errors=True)
         removed.append(str(cfg.state_dir))
+    try:
+        cfg.base_dir.rmdir()  # only when no other sandbox lives there
+    except OSError:
+        pass
     return removed
 
 
