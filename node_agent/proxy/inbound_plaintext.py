@@ -9,30 +9,13 @@ from __future__ import annotations
 
 import socket
 
-from node_agent.proxy.listener import Listener, ProxyInputs, connect_stream
-from node_agent.proxy.model import Workload
+from node_agent.proxy.listener import RedirectedListener, connect_stream
 from node_agent.proxy.pump import Pump, PumpResult, Stream
 from node_agent.proxy.records import ConnectionRecord, Reporter, ResponseFlag, SecurityPolicy
-from node_agent.proxy.sockets import NetnsHandle, OriginalDst, so_original_dst
 
 
-class InboundPlaintextListener(Listener):
+class InboundPlaintextListener(RedirectedListener):
     kind = "inbound_plaintext"
-    _pause_accepted = True
-
-    def __init__(
-        self,
-        *,
-        inputs: ProxyInputs,
-        workload: Workload,
-        netns: NetnsHandle | None,
-        sock: socket.socket | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        original_dst: OriginalDst = so_original_dst,
-    ) -> None:
-        super().__init__(inputs=inputs, workload=workload, netns=netns, sock=sock, host=host, port=port)
-        self._original_dst = original_dst
 
     async def _handle(self, client: Stream) -> None:
         transport = client.transport

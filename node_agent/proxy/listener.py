@@ -17,7 +17,7 @@ from node_agent.proxy.model import AllowAll, Authorizer, Resolver, Workload
 from node_agent.proxy.pump import PumpResult, Stream
 from node_agent.proxy.records import ConnectionRecord, ConnectionRegistry, NullObserver, Observer
 from node_agent.proxy.settings import ProxySettings
-from node_agent.proxy.sockets import NetnsHandle, SocketFactory
+from node_agent.proxy.sockets import NetnsHandle, OriginalDst, SocketFactory, so_original_dst
 from node_agent.proxy.tls import TlsContexts
 
 log = logging.getLogger(__name__)
@@ -147,3 +147,25 @@ async def connect_stream(
             sock.close()
             raise
     return stream
+
+
+class RedirectedListener(Listener):
+    """A listener whose connections were REDIRECTed to it (15001, 15006): it asks where they were going."""
+
+    _pause_accepted = True
+
+    def __init__(
+        self,
+        *,
+        inputs: ProxyInputs,
+        workload: Workload,
+        netns: NetnsHandle | None,
+        sock: socket.socket | None = None,
+        host: str | None = None,
+        port: int | None = None,
+        original_dst: OriginalDst = so_original_dst,
+    ) -> None:
+        """``original_dst`` says where a redirected connection was going (``SO_ORIGINAL_DST`` with
+        iptables/nftables; a redirection backend that records it elsewhere passes its own)."""
+        super().__init__(inputs=inputs, workload=workload, netns=netns, sock=sock, host=host, port=port)
+        self._original_dst = original_dst

@@ -14,7 +14,6 @@ Per connection: the original destination (``SO_ORIGINAL_DST``) -> ``Resolver.rou
 from __future__ import annotations
 
 import asyncio
-import socket
 import ssl
 import time
 
@@ -24,34 +23,16 @@ from node_agent.proxy.errors import (
     TlsSetupError,
     UpstreamError,
 )
-from node_agent.proxy.listener import Listener, ProxyInputs, connect_stream
-from node_agent.proxy.model import Endpoint, MeshRoute, Passthrough, Workload
+from node_agent.proxy.listener import RedirectedListener, connect_stream
+from node_agent.proxy.model import Endpoint, MeshRoute, Passthrough
 from node_agent.proxy.pump import Pump, PumpResult, Stream, StreamClosedError
 from node_agent.proxy.records import ConnectionRecord, Reporter, ResponseFlag, SecurityPolicy
-from node_agent.proxy.sockets import NetnsHandle, OriginalDst, so_original_dst
 from node_agent.proxy.tls import client_peer_check, describe_tls_error
 from node_agent.proxy.tunnel import ResponseDecoder, Status, TunnelHeader, encode_header
 
 
-class OutboundListener(Listener):
+class OutboundListener(RedirectedListener):
     kind = "outbound"
-    _pause_accepted = True
-
-    def __init__(
-        self,
-        *,
-        inputs: ProxyInputs,
-        workload: Workload,
-        netns: NetnsHandle | None,
-        sock: socket.socket | None = None,
-        host: str | None = None,
-        port: int | None = None,
-        original_dst: OriginalDst = so_original_dst,
-    ) -> None:
-        """``original_dst`` says where a redirected connection was going (``SO_ORIGINAL_DST`` with
-        iptables/nftables; a redirection backend that records it elsewhere passes its own)."""
-        super().__init__(inputs=inputs, workload=workload, netns=netns, sock=sock, host=host, port=port)
-        self._original_dst = original_dst
 
     async def _handle(self, client: Stream) -> None:
         transport = client.transport
