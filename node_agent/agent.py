@@ -13,8 +13,12 @@ the snapshot, publishes it, and reconciles captures (enrol/unenrol live, no pod 
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import logging
+import os
 import signal
+import threading
 import time
 
 from aiohttp import web
@@ -184,7 +188,7 @@ class Agent:
         for rec in self.records.all():
             if rec.uid not in snap.workloads_by_uid:
                 self.records.delete(rec.uid)  # the pod is gone (deleted while we were away)
-            elif initial and rec.uid not in desired and _exists(rec.netns):
+            elif initial and rec.uid not in desired and os.path.exists(rec.netns):
                 # unenrolled while the agent was down: its rules would black-hole it; take them out
                 try:
                     if await asyncio.to_thread(redirect_iptables.remove, rec.netns):
@@ -199,7 +203,7 @@ class Agent:
             if not ips:
                 continue  # not started yet: the CNI ADD will capture it
             netns = rec.netns if rec and rec.netns else None
-            if netns is None or not _exists(netns):
+            if netns is None or not os.path.exists(netns):
                 netns = await asyncio.to_thread(find_netns_by_ip, ips[0])
                 if netns is None:
                     log.warning("pod %s/%s (%s) is enrolled but its network namespace was not found on this node",
@@ -261,7 +265,7 @@ class Agent:
         s = self.settings
 
         async def dump(request: web.Request) -> web.Response:
-            return web.json_response(await self.config_dump(), dumps=_dumps)
+            return web.json_response(await self.config_dump(), dumps=functools.partial(json.dumps, indent=2, default=str))
 
         async def metrics(request: web.Request) -> web.Response:
             return web.Response(body=generate_latest(self.metrics.registry),
@@ -285,9 +289,9 @@ class Agent:
     # ---- run ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         self._loop = asyncio.get_running_loop()
-        threading_stop = _ThreadStop()
+        threads_stop = threading.Event()  # the reflectors are threads
         for r in self.reflectors.values():
-            r.start(threading_stop.event)
+            r.start(threads_stop)
         runners: list[web.AppRunner] = []
         worker = NetnsWorker()
         cni_server = None
@@ -326,7 +330,7 @@ class Agent:
             await stop.wait()
         finally:
             self.ready = False
-            threading_stop.event.set()
+            threads_stop.set()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)
@@ -339,25 +343,6 @@ class Agent:
             for runner in runners:
                 await runner.cleanup()
             worker.close()
-
-
-class _ThreadStop:
-    def __init__(self) -> None:
-        import threading
-
-        self.event = threading.Event()
-
-
-def _exists(path: str) -> bool:
-    import os
-
-    return os.path.exists(path)
-
-
-def _dumps(obj) -> str:
-    import json
-
-    return json.dumps(obj, indent=2, default=str)
 
 
 def _log_exit(task: asyncio.Task) -> None:

@@ -36,6 +36,7 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
     from sandbox.api.pki import ensure_pki, write_kubeconfig
     from sandbox.node import cni as node_cni
     from sandbox.node import underlay
+    from sandbox.kube import api_client
     from sandbox.node.kubelet import kubelet_argv
 
     started = time.monotonic()
@@ -64,7 +65,7 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
         if procs.pid_of(cfg, f"kubelet-{node}") is None:
             procs.start(cfg, name=f"kubelet-{node}", argv=kubelet_argv(cfg, node, i))
 
-    api = _client(cfg)
+    api = api_client(cfg)
     _wait_nodes_ready(cfg, api, timeout=30)
     _say(f"{cfg.nodes} nodes Ready")
 
@@ -119,12 +120,6 @@ def _check_prerequisites() -> None:
         missing.append("CNI reference plugins (apt-get install containernetworking-plugins)")
     if missing:
         raise SandboxError(f"missing {', '.join(missing)}; run `make deps` (as root) first")
-
-
-def _client(cfg: SandboxConfig):
-    from sandbox.kube import api_client
-
-    return api_client(cfg)
 
 
 def _wait_api(cfg: SandboxConfig, *, timeout: float) -> None:
