@@ -262,7 +262,7 @@ def _simulate_rollout(desired, surge, unavailable):
     return d, sets, max_total, min_available
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(desired=st.integers(1, 12), surge=st.sampled_from([0, 1, 2, "25%", "50%"]),
        unavailable=st.sampled_from([0, 1, "25%", "50%"]))
 def test_rolling_update_converges_within_its_limits(desired, surge, unavailable):

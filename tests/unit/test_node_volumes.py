@@ -130,7 +130,7 @@ SPECISH = st.recursive(JSON, lambda inner: st.dictionaries(FIELDS, inner, max_si
                        max_leaves=20)
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=150)
 @given(st.lists(SPECISH, max_size=3) | SPECISH)
 def test_any_volumes_value_parses_or_names_its_problem(volumes):
     try:
@@ -284,7 +284,7 @@ def test_a_reader_sees_the_old_or_the_new_file_never_a_mix(tmp_path: Path):
     assert bad == [] and len(seen) >= 2
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60)
 @given(st.dictionaries(st.from_regex(r"[a-z][a-z0-9_.-]{0,8}(/[a-z][a-z0-9_-]{0,8})?", fullmatch=True),
                        st.binary(max_size=64), max_size=6))
 def test_atomic_writer_holds_exactly_the_payload(tmp_path_factory, payload):
