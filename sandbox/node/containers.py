@@ -114,7 +114,8 @@ def launcher_argv(command: list[str], *, netns_path: str | None, binds: Sequence
     if mntns_path:
         argv += ["--mntns", mntns_path]
     for b in binds:
-        argv += ["--bind-ro" if b.read_only else "--bind", b.source, b.target]
+        flag = "--bind-host" if b.host else "--bind"
+        argv += [flag + "-ro" if b.read_only else flag, b.source, b.target]
     if binds:
         if scratch_dir is None:
             raise ValueError("BUG: bind mounts need a scratch dir")

@@ -9,10 +9,16 @@ execs the container command (so the container's pid is this process's pid):
    service-account credentials (at /var/run/secrets/kubernetes.io/serviceaccount), mounted
    parents first, as container runtimes order them. A mount point that does not exist is made
    without touching the host: inside another volume it is made in that volume's directory (which
-   the kubelet owns); elsewhere the deepest existing ancestor (normally /run or /tmp) is shadowed
-   by a tmpfs that re-binds every original entry of it (recursively, so /run/netns and its
-   namespaces stay visible) plus the new path. ``--scratch DIR`` is where the original is held
-   meanwhile;
+   the kubelet owns); elsewhere (and inside a hostPath) the deepest existing ancestor (normally
+   /run or /tmp) is shadowed by a tmpfs that re-binds every original entry of it (recursively,
+   so /run/netns and its namespaces stay visible) plus the new path. ``--scratch DIR`` is where
+   the original is held meanwhile.
+   ``--bind-host SRC DST`` / ``--bind-host-ro SRC DST``: a hostPath volume, a file or a
+   directory. Bound recursively with slave propagation (HostToContainer: what is mounted under
+   SRC later, such as a new /run/netns/<ns>, appears at DST too); not bound at all when SRC and
+   DST are the same place (the namespace already shows it, and keeps showing new mounts) unless
+   read-only is asked for. SRC is opened before any mount is made, so it is the host's even
+   when DST or another volume covers its path;
 3. ``--netns PATH``: joins that network namespace and mounts a fresh /sys for it (as
    ``ip netns exec`` does);
 4. ``--workdir DIR``: chdir; then exec with the environment it was given.
@@ -31,6 +37,7 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
+import stat
 import sys
 from collections import namedtuple
 
@@ -43,6 +50,7 @@ CLONE_NEWNET = 0x40000000
 MS_RDONLY = 0x1
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_MOVE = 0x2000
@@ -111,9 +119,10 @@ def join_netns(fd: int, path: str, *, remount_sys: bool = True) -> None:
         pass  # not fatal: only tools reading /sys/class/net notice
 
 
-Bind = namedtuple("Bind", "source target read_only")
-Bind.__doc__ = """One bind mount into the container: ``source`` (a host directory the kubelet owns)
-at ``target`` (the container's path), read-only or not."""
+Bind = namedtuple("Bind", "source target read_only host", defaults=(False,))
+Bind.__doc__ = """One bind mount into the container: ``source`` at ``target`` (the container's path),
+read-only or not. ``source`` is a directory the kubelet owns, or with ``host`` a hostPath (any
+file type, never written to by the launcher)."""
 
 
 def _deepest_existing(path: str) -> str:
@@ -168,7 +177,10 @@ def _rebind_entries(source: str, held: int, destination: str) -> None:
 def _shadow_root(scratch: str) -> None:
     """``_shadow_with_tmpfs`` for ``/``: the new root is built on a tmpfs at ``scratch`` (bind
     mounts of every original top-level entry), moved over ``/`` and entered with chroot, as
-    switch_root does. Lets a volume be mounted at a new top-level path such as /data."""
+    switch_root does. Lets a volume be mounted at a new top-level path such as /data.
+
+    The new root stays unbindable until ``Mounter.bind_all`` is done: it sits on the old root,
+    and a hostPath ``/`` (bound recursively) must show the host's root, not a copy of this one."""
     mount("tmpfs", scratch, "tmpfs", MS_NOSUID, f"mode=755,size={SHADOW_TMPFS_SIZE}")
     # unbindable: the recursive binds of the entry holding scratch (/tmp, /var) leave it out
     # instead of copying the new root into itself
@@ -182,7 +194,23 @@ def _shadow_root(scratch: str) -> None:
     mount(".", "/", None, MS_MOVE)
     os.chroot(".")
     os.chdir("/")
-    mount(None, "/", None, MS_PRIVATE)
+
+
+class _HostSource:
+    """A hostPath opened (O_PATH) before any mount was made in this namespace."""
+
+    def __init__(self, b: Bind) -> None:
+        try:
+            self.fd = os.open(b.source, os.O_PATH | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SetupError(f"hostPath {b.source}: {exc.strerror}") from exc
+        self.is_dir = stat.S_ISDIR(os.fstat(self.fd).st_mode)
+        self.same_place = os.path.realpath(b.source) == os.path.realpath(b.target)
+        """the container sees the host's path at the mountPath already"""
+
+    @property
+    def path(self) -> str:
+        return f"/proc/self/fd/{self.fd}"
 
 
 class Mounter:
@@ -194,38 +222,63 @@ class Mounter:
         self.private: set[str] = set()
         """directories on a tmpfs of ours (shadows and what was made on them): free to write"""
         self.volumes: list[tuple[str, str]] = []
-        """(mount point, source directory) of every volume mounted so far"""
+        """(mount point, source directory) of every kubelet-owned volume mounted so far"""
+        self.host: dict[Bind, _HostSource] = {}
+        """hostPaths, opened by ``bind_all`` before it mounts anything"""
 
     def bind_all(self, binds: list[Bind]) -> None:
         """Mount ``binds`` parents first. A new top-level directory replaces the root first, while
         no volume is mounted yet, so that no mount has to be carried over to the new root."""
         ordered = mount_order(binds)
+        for b in ordered:
+            if b.host and b not in self.host:
+                self.host[b] = _HostSource(b)  # the host's path, before anything covers it
         if any(_deepest_existing(os.path.realpath(b.target)) == "/" for b in ordered) and "/" not in self.private:
             _shadow_root(self.scratch)
             self.private.add("/")
         for b in ordered:
             self.bind(b)
+        if "/" in self.private:
+            mount(None, "/", None, MS_PRIVATE)  # unbindable while the binds were made (see _shadow_root)
 
     def bind(self, b: Bind) -> None:
         real = os.path.realpath(b.target)
+        if b.host and b not in self.host:
+            self.host[b] = _HostSource(b)
+        host = self.host.get(b)
+        if host is not None and host.same_place and not b.read_only:
+            return  # a bind would add nothing, and HostToContainer is what the namespace gives
+        want_dir = host is None or host.is_dir
         if os.path.lexists(real):
-            if not os.path.isdir(real):
-                raise SetupError(f"cannot mount a volume at {b.target}: {real} exists and is not a directory")
+            if os.path.isdir(real) != want_dir:
+                what = "a directory" if want_dir else "a file"
+                raise SetupError(f"cannot mount a volume at {b.target}: {real} exists and is not {what}")
         else:
-            self._make_dir(real, b.target)
-        mount(b.source, real, None, MS_BIND)
+            self._make_point(real, b.target, directory=want_dir)
+        if host is None:
+            mount(b.source, real, None, MS_BIND)
+        else:
+            # recursive, so the mounts below it (/run/netns/<ns>) come along; slave, so later
+            # mounts below it on the host appear here too, and nothing made here reaches the host
+            mount(host.path, real, None, MS_BIND | MS_REC)
+            mount(None, real, None, MS_REC | MS_SLAVE)
         if b.read_only:
-            mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
-        self.volumes.append((real, b.source))
+            kept = os.statvfs(real).f_flag & (MS_NOSUID | MS_NODEV | MS_NOEXEC)  # ST_* == MS_* for these
+            mount(None, real, None, MS_BIND | MS_REMOUNT | MS_RDONLY | kept)
+        # what was made on our tmpfs at or below ``real`` is now covered by the mount
+        self.private = {p for p in self.private if p != real and not p.startswith(real.rstrip("/") + "/")}
+        if host is None:
+            self.volumes.append((real, b.source))
 
-    def _make_dir(self, real: str, target: str) -> None:
+    def _make_point(self, real: str, target: str, *, directory: bool) -> None:
+        """Create the mount point ``real`` (a directory, or an empty file for a file to mount)."""
         anchor = _deepest_existing(real)
         if not os.path.isdir(anchor):
             raise SetupError(f"cannot create {target}: {anchor} is not a directory")
         holder = self._volume_holding(anchor)
         if holder is not None:
             point, source = holder  # made in the volume's own directory, as runtimes do
-            os.makedirs(os.path.join(source, os.path.relpath(real, point)), mode=0o755, exist_ok=True)
+            _make_path(os.path.join(source, os.path.relpath(real, point)), directory=directory)
             return
         if anchor not in self.private:
             if anchor == "/":
@@ -233,8 +286,8 @@ class Mounter:
             else:
                 _shadow_with_tmpfs(anchor, self.scratch)
             self.private.add(anchor)
-        os.makedirs(real, mode=0o755, exist_ok=True)
-        path = real
+        _make_path(real, directory=directory)
+        path = real if directory else os.path.dirname(real)
         while path != anchor:
             self.private.add(path)
             path = os.path.dirname(path)
@@ -243,6 +296,14 @@ class Mounter:
         inside = [(point, source) for point, source in self.volumes
                   if path == point or path.startswith(point.rstrip("/") + "/")]
         return max(inside, key=lambda v: len(v[0]), default=None)
+
+
+def _make_path(path: str, *, directory: bool) -> None:
+    if directory:
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        return
+    os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
 
 
 def mount_order(binds: list[Bind]) -> list[Bind]:
@@ -255,8 +316,11 @@ Options = namedtuple("Options", "netns mntns scratch workdir ready_fd binds",
                      defaults=(None, None, None, None, None, ()))
 
 
-USAGE = ("usage: launch [--netns P] [--bind SRC DST]... [--bind-ro SRC DST]... [--scratch D] "
-         "[--mntns P] [--workdir D] [--ready-fd N] -- CMD ARGS")
+USAGE = ("usage: launch [--netns P] [--bind SRC DST]... [--bind-ro SRC DST]... [--bind-host SRC DST]... "
+         "[--bind-host-ro SRC DST]... [--scratch D] [--mntns P] [--workdir D] [--ready-fd N] -- CMD ARGS")
+BIND_FLAGS = {"--bind": (False, False), "--bind-ro": (True, False),
+              "--bind-host": (False, True), "--bind-host-ro": (True, True)}
+"""flag -> (read_only, host)"""
 
 
 def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
@@ -280,8 +344,8 @@ def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
             single[arg[2:].replace("-", "_")] = argv[i + 1]
             i += 2
             continue
-        if arg in ("--bind", "--bind-ro") and i + 2 < len(argv):
-            binds.append(Bind(argv[i + 1], argv[i + 2], arg == "--bind-ro"))
+        if arg in BIND_FLAGS and i + 2 < len(argv):
+            binds.append(Bind(argv[i + 1], argv[i + 2], *BIND_FLAGS[arg]))
             i += 3
             continue
         raise SetupError(f"unexpected launcher argument {arg!r}; {USAGE}")

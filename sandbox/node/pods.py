@@ -8,8 +8,8 @@ tears down workers whose pod is gone. A ``PodWorker``:
    restarted kubelet can find and undo whatever it made;
 2. mounts the pod's volumes, as the kubelet does before it makes a sandbox: a bound
    service-account token (TokenRequest) and the credentials files, then ``spec.volumes``
-   (``podvolumes``); a missing ConfigMap/Secret keeps the pod Pending with a ``FailedMount``
-   event, retried with backoff;
+   (``podvolumes``); a missing ConfigMap/Secret or a failed hostPath type check keeps the pod
+   Pending with a ``FailedMount`` event, retried with backoff;
 3. creates the sandbox: netns ``cfg.pod_netns(uid)`` (lo up) and CNI ADD, retried with backoff
    while it fails, with a Warning event and a ``PodReadyToStartContainers=False`` condition
    carrying the plugin's message; no container starts before the whole chain succeeded
@@ -335,8 +335,9 @@ class PodWorker:
     def _prepare_volumes(self) -> bool:
         """Write every volume in ``spec.volumes``; until all can be, the pod stays ContainerCreating."""
         try:
-            self.volumes = PodVolumes(pod=self.pod, root=self.dir / "volumes", sources=_PodSources(self),
-                                      resync=self.settings.volume_resync, label=str(self.ref))
+            self.volumes = PodVolumes(pod=self.pod, node=self.rt.node, root=self.dir / "volumes",
+                                      sources=_PodSources(self), resync=self.settings.volume_resync,
+                                      label=str(self.ref))
         except VolumeError as exc:  # the spec is immutable: wait for the pod's deletion
             message = f"cannot mount the volumes of pod {self.ref}: {exc}"
             log.warning("%s", message)

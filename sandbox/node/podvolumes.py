@@ -5,30 +5,71 @@ One ``PodVolumes`` per pod, used only by its worker thread:
 - built from the pod spec (``volumes.parse_volumes``: a bad spec raises ``VolumeError`` at once);
 - ``setup()`` creates ``<pod dir>/volumes/<plugin>/<volume>`` for every volume, reads the
   ConfigMaps and Secrets they name, requests their tokens (TokenRequest bound to the pod) and
-  writes each volume that can be written; it returns one ``MountVolume.SetUp failed`` message per
-  volume that cannot (a missing non-optional ConfigMap/Secret or key), and is called again until
-  there are none: containers start only then;
+  writes each volume that can be written; for a hostPath it runs the kubelet's type check
+  (``check_host_path``, which makes what ``DirectoryOrCreate``/``FileOrCreate`` ask for) on the
+  path with ``$(NODE_NAME)`` expanded. It returns one ``MountVolume.SetUp failed`` message per
+  volume that cannot be set up (a missing non-optional ConfigMap/Secret or key, a failed type
+  check), and is called again until there are none: containers start only then;
 - ``sync()``, whenever ``next_due`` has passed, refreshes each token at 80% of its life and
   re-reads ConfigMaps and Secrets every ``resync`` seconds, rewriting a volume only when its files
   changed (``atomicwriter``: readers see the old or the new files, never a mix). A source that
   disappears keeps its volume's last content, as the kubelet does;
-- ``binds(container)``: the read-only/read-write bind mounts the launcher makes for a container.
+- ``binds(container)``: the read-only/read-write bind mounts the launcher makes for a container
+  (a hostPath that does not exist at that moment is a ``CreateContainerError``).
 """
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Protocol
 
 from sandbox.node import atomicwriter, serviceaccount
+from sandbox.node.errors import ContainerError
 from sandbox.node.launch import Bind
-from sandbox.node.volumes import File, SourceError, Volume, container_mounts, parse_volumes, render
+from sandbox.node.volumes import (File, HostPathError, SourceError, Volume, container_mounts, parse_volumes,
+                                  render)
 
 log = logging.getLogger(__name__)
 
 TOKEN_RETRY_SECONDS = 10.0
+# hostPath type -> (file type it must have, what the kubelet calls it in "is not a ...")
+_HOST_PATH_KINDS = {
+    "DirectoryOrCreate": (stat.S_ISDIR, "a directory"), "Directory": (stat.S_ISDIR, "a directory"),
+    "FileOrCreate": (stat.S_ISREG, "a file"), "File": (stat.S_ISREG, "a file"),
+    "Socket": (stat.S_ISSOCK, "a socket file"), "CharDevice": (stat.S_ISCHR, "a character device"),
+    "BlockDevice": (stat.S_ISBLK, "a block device"),
+}
+
+
+def check_host_path(path: str, htype: str) -> None:
+    """The kubelet's hostPath type check: ``DirectoryOrCreate`` makes a missing directory (0755, and
+    its parents), ``FileOrCreate`` a missing empty file (0644, not its parent directory); then the
+    path (symlinks followed) must be of the type's kind. '' checks nothing."""
+    if not htype:
+        return
+    if htype.endswith("OrCreate") and not os.path.exists(path):
+        try:
+            if htype == "DirectoryOrCreate":
+                os.makedirs(path, mode=0o755, exist_ok=True)
+                os.chmod(path, 0o755)  # whatever the umask, as Kubernetes documents it
+            else:
+                os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                os.chmod(path, 0o644)
+        except OSError as exc:
+            hint = "; FileOrCreate does not create the parent directory" if htype == "FileOrCreate" else ""
+            raise HostPathError(f"hostPath type check failed: cannot create {path}: "
+                                f"{(exc.strerror or str(exc)).lower()}{hint}") from exc
+    is_kind, kind = _HOST_PATH_KINDS[htype]
+    try:
+        ok = is_kind(os.stat(path).st_mode)
+    except OSError:
+        ok = False
+    if not ok:
+        raise HostPathError(f"hostPath type check failed: {path} is not {kind}")
 
 
 class VolumeSources(Protocol):
@@ -51,9 +92,11 @@ class _Token:
 
 
 class PodVolumes:
-    def __init__(self, *, pod: dict, root: Path, sources: VolumeSources, resync: float,
+    def __init__(self, *, pod: dict, node: str, root: Path, sources: VolumeSources, resync: float,
                  label: str = "", clock: Callable[[], float] = time.monotonic) -> None:
         self.volumes: dict[str, Volume] = parse_volumes(pod)
+        self.node = node
+        """this node's name, for ``$(NODE_NAME)`` in hostPaths"""
         self.label = label
         """the pod, for log lines"""
         self.root = root
@@ -67,6 +110,12 @@ class PodVolumes:
 
     def dir(self, volume: Volume) -> Path:
         return self.root / volume.plugin_dir / volume.name
+
+    def host_path(self, volume: Volume) -> str:
+        """A hostPath volume's path on this node."""
+        if volume.host_path is None:
+            raise ValueError(f"BUG: volume {volume.name!r} is not a hostPath")
+        return volume.host_path.on_node(self.node)
 
     @property
     def ready(self) -> bool:
@@ -96,6 +145,12 @@ class PodVolumes:
                 self._written[vol.name] = {}
                 continue
             try:
+                if vol.host_path is not None:
+                    check_host_path(self.host_path(vol), vol.host_path.type)
+                    self._written[vol.name] = {}
+                    log.info("pod %s: volume %s is hostPath %s (type %r)", self.label, vol.name,
+                             self.host_path(vol), vol.host_path.type)
+                    continue
                 for src in vol.tokens:
                     if src.key not in self._tokens:
                         self._request_token(src.key)
@@ -140,8 +195,19 @@ class PodVolumes:
     # ---- mounts -----------------------------------------------------------------------------------
     def binds(self, container: dict) -> list[Bind]:
         """The container's volume mounts as the launcher takes them (ContainerError if invalid)."""
-        return [Bind(str(self.dir(self.volumes[m.volume])), m.path, m.read_only)
-                for m in container_mounts(container, self.volumes)]
+        binds = []
+        for m in container_mounts(container, self.volumes):
+            vol = self.volumes[m.volume]
+            if vol.host_path is None:
+                binds.append(Bind(str(self.dir(vol)), m.path, m.read_only))
+                continue
+            source = self.host_path(vol)
+            if not os.path.exists(source):  # a container runtime would create it; the sandbox does not
+                raise ContainerError(f'volume "{vol.name}": hostPath {source} does not exist; create it, or '
+                                     "give the volume type DirectoryOrCreate or FileOrCreate",
+                                     reason="CreateContainerError")
+            binds.append(Bind(source, m.path, m.read_only, host=True))
+        return binds
 
     def mount_paths(self, container: dict) -> set[str]:
         return {m.path for m in container_mounts(container, self.volumes)}

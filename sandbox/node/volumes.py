@@ -2,16 +2,19 @@
 
 - ``parse_volumes(pod)``: ``spec.volumes`` -> ``{name: Volume}``. Supported: ``projected``
   (``serviceAccountToken``, ``configMap``, ``secret`` sources), ``configMap``, ``secret``,
-  ``emptyDir``; anything else, or a malformed field, is a ``VolumeError`` that names the volume,
-  the field and what to write instead.
+  ``emptyDir``, ``hostPath`` (``HostPath``: its ``path`` may hold ``$(NODE_NAME)``, which
+  ``HostPath.on_node`` expands, a sandbox-only extension); anything else, or a malformed field,
+  is a ``VolumeError`` that names the volume, the field and what to write instead.
 - ``container_mounts(container, volumes)``: a container's ``volumeMounts`` -> ``[Mount]``;
-  ``subPath``, unknown volumes and bad paths are ``ContainerError``s (CreateContainerConfigError).
+  ``subPath``, ``mountPropagation: Bidirectional``, unknown volumes and bad paths are
+  ``ContainerError``s (CreateContainerConfigError).
 - ``render(volume, objects=..., tokens=...)``: the files a volume holds, given the ConfigMaps and
   Secrets it names (``None`` when absent) and the tokens it asked for -> ``{relative path: File}``.
   A missing non-optional ConfigMap/Secret or key is a ``SourceError``: the kubelet retries it.
 
 Paths, modes, defaults and messages follow the Kubernetes API and kubelet (``defaultMode`` 0644,
-``expirationSeconds`` 3600 and at least 600, configMap/secret/projected always read-only).
+``expirationSeconds`` 3600 and at least 600, configMap/secret/projected always read-only, the
+hostPath types). The hostPath type check itself needs the filesystem: ``podvolumes`` does it.
 """
 from __future__ import annotations
 
@@ -27,17 +30,23 @@ DEFAULT_MODE = 0o644
 TOKEN_SECONDS_DEFAULT = 3600
 TOKEN_SECONDS_MIN = 600
 TOKEN_SECONDS_MAX = 2**32
-SUPPORTED = "projected, configMap, secret, emptyDir"
+SUPPORTED = "projected, configMap, secret, emptyDir, hostPath"
 SUPPORTED_SOURCES = "serviceAccountToken, configMap, secret"
 # volume types of the Kubernetes API this kubelet does not implement (named in the error)
 _KNOWN_UNSUPPORTED = (
-    "hostPath", "persistentVolumeClaim", "downwardAPI", "nfs", "iscsi", "csi", "ephemeral", "image",
+    "persistentVolumeClaim", "downwardAPI", "nfs", "iscsi", "csi", "ephemeral", "image",
     "gitRepo", "awsElasticBlockStore", "gcePersistentDisk", "azureDisk", "azureFile", "cephfs", "rbd",
     "cinder", "fc", "flexVolume", "flocker", "glusterfs", "photonPersistentDisk", "portworxVolume",
     "quobyte", "scaleIO", "storageos", "vsphereVolume",
 )
 _PLUGIN_DIRS = {"projected": "kubernetes.io~projected", "configMap": "kubernetes.io~configmap",
-                "secret": "kubernetes.io~secret", "emptyDir": "kubernetes.io~empty-dir"}
+                "secret": "kubernetes.io~secret", "emptyDir": "kubernetes.io~empty-dir",
+                "hostPath": "kubernetes.io~host-path"}
+HOST_PATH_TYPES = ("", "DirectoryOrCreate", "Directory", "FileOrCreate", "File", "Socket", "CharDevice",
+                   "BlockDevice")
+NODE_NAME_REF = "$(NODE_NAME)"
+"""expanded to the node's name in a hostPath's path: sandbox nodes share one filesystem"""
+MOUNT_PROPAGATIONS = ("None", "HostToContainer")
 
 
 class VolumeError(NodeError):
@@ -46,6 +55,10 @@ class VolumeError(NodeError):
 
 class SourceError(VolumeError):
     """A ConfigMap, Secret or key a volume needs is missing (or unreadable) right now; retried."""
+
+
+class HostPathError(VolumeError):
+    """A hostPath is not (and could not be made) what its ``type`` asks for right now; retried."""
 
 
 # ---- the plan -------------------------------------------------------------------------------------
@@ -93,12 +106,28 @@ Source = Union[ObjectSource, TokenSource]
 
 
 @dataclass(frozen=True)
+class HostPath:
+    """A path on the node, with the check (and creation) its ``type`` asks for before mounting."""
+
+    path: str
+    """absolute, as written; may hold ``$(NODE_NAME)``"""
+    type: str = ""
+    """one of ``HOST_PATH_TYPES``; '' checks nothing"""
+
+    def on_node(self, node: str) -> str:
+        """The path on ``node``: ``$(NODE_NAME)`` replaced by its name (a real kubelet would not)."""
+        return self.path.replace(NODE_NAME_REF, node)
+
+
+@dataclass(frozen=True)
 class Volume:
     name: str
     type: str
-    """one of projected, configMap, secret, emptyDir (as spelled in the pod spec)"""
+    """one of projected, configMap, secret, emptyDir, hostPath (as spelled in the pod spec)"""
     sources: tuple[Source, ...] = ()
     default_mode: int = DEFAULT_MODE
+    host_path: HostPath | None = None
+    """set for (only for) hostPath volumes"""
 
     @property
     def plugin_dir(self) -> str:
@@ -108,7 +137,7 @@ class Volume:
     @property
     def always_read_only(self) -> bool:
         """API-data volumes are mounted read-only whatever ``readOnly`` says (since Kubernetes 1.10)."""
-        return self.type != "emptyDir"
+        return self.type not in ("emptyDir", "hostPath")
 
     @property
     def objects(self) -> tuple[ObjectSource, ...]:
@@ -241,6 +270,23 @@ def _check_static_paths(sources: list[Source], *, where: str) -> None:
             seen.add(p)
 
 
+def _host_path(raw: object, *, where: str) -> HostPath:
+    if not isinstance(raw, dict):
+        raise VolumeError(f"{where}: must be an object with a path, e.g. hostPath: {{path: /run/netns}}")
+    path = raw.get("path")
+    if not isinstance(path, str) or not path:
+        raise VolumeError(f"{where}.path: a path on the node is required, e.g. /var/run/netns")
+    if not path.startswith("/"):
+        raise VolumeError(f"{where}.path: {path!r} must be absolute, e.g. {'/' + path!r}")
+    if ".." in path.split("/"):
+        raise VolumeError(f"{where}.path: {path!r} must not contain '..'")
+    htype = raw.get("type") or ""
+    if htype not in HOST_PATH_TYPES:
+        names = ", ".join(t or '""' for t in HOST_PATH_TYPES)
+        raise VolumeError(f"{where}.type: {htype!r} is not a hostPath type; use one of {names}")
+    return HostPath(path=path, type=htype)
+
+
 def parse_volume(raw: object, *, index: int) -> Volume:
     where = f"spec.volumes[{index}]"
     if not isinstance(raw, dict):
@@ -272,6 +318,8 @@ def parse_volume(raw: object, *, index: int) -> Volume:
         src = _object_source("secret", body, where=f"{where}.secret", name_field="secretName")
         _check_static_paths([src], where=f"{where}.secret")
         return Volume(name=name, type=vtype, sources=(src,), default_mode=DEFAULT_MODE if mode is None else mode)
+    if vtype == "hostPath":
+        return Volume(name=name, type=vtype, host_path=_host_path(body, where=f"{where}.hostPath"))
     if vtype == "projected":
         sources, mode = _projected(body, where=f"{where}.projected")
         return Volume(name=name, type=vtype, sources=sources, default_mode=DEFAULT_MODE if mode is None else mode)
@@ -324,9 +372,13 @@ def container_mounts(container: dict, volumes: Mapping[str, Volume]) -> list[Mou
             raise ContainerError(f"{where}: mountPath / would hide the whole filesystem; mount it in a subdirectory")
         if path in seen:
             raise ContainerError(f'{where}: mountPath {path} is already used by volumeMount "{seen[path]}"')
-        if m.get("mountPropagation") == "Bidirectional":
+        propagation = m.get("mountPropagation")
+        if propagation == "Bidirectional":
             raise ContainerError(f"{where}: mountPropagation Bidirectional is not supported; "
                                  "leave it unset (HostToContainer is what the sandbox gives)")
+        if propagation is not None and propagation not in MOUNT_PROPAGATIONS:
+            raise ContainerError(f"{where}: mountPropagation {propagation!r} is not valid; use None or "
+                                 "HostToContainer (or leave it unset)")
         seen[path] = vname
         read_only = bool(m.get("readOnly")) or volumes[vname].always_read_only
         mounts.append(Mount(volume=vname, path=path, read_only=read_only))

@@ -271,9 +271,9 @@ def test_unsupported_volumes_and_subpath_are_refused_with_events(node):
                 {"name": "scratch", "mountPath": "/tmp/x.conf", "subPath": "x.conf"}]}],
             "volumes": [{"name": "scratch", "emptyDir": {}}],
             "automountServiceAccountToken": False}
-    host = {"containers": [{"name": "app", "command": ["sleep", "600"]}],
-            "volumes": [{"name": "docker", "hostPath": {"path": "/var/run/docker.sock"}}]}
-    runtime.sync([create_pod(core, "subpath", spec), create_pod(core, "hostpath", host)])
+    claim = {"containers": [{"name": "app", "command": ["sleep", "600"]}],
+             "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data"}}]}
+    runtime.sync([create_pod(core, "subpath", spec), create_pod(core, "claim", claim)])
 
     state = wait_for(lambda: (s := pod_status(core, "subpath").get("containerStatuses")) and
                      s[0]["state"].get("waiting", {}).get("reason") == "CreateContainerConfigError" and s[0]["state"],
@@ -281,10 +281,141 @@ def test_unsupported_volumes_and_subpath_are_refused_with_events(node):
     assert "uses subPath 'x.conf', which the sandbox kubelet does not support" in state["waiting"]["message"]
     assert any(e[1] == "Failed" and "subPath" in e[2] for e in events(core, "subpath"))
 
-    message = ('cannot mount the volumes of pod default/hostpath: volume "docker": hostPath volumes are not '
-               "supported by the sandbox kubelet; use one of projected, configMap, secret, emptyDir")
-    wait_for(lambda: ("Warning", "FailedMount", message) in events(core, "hostpath"), what="the hostPath event",
-             diag=lambda: str(events(core, "hostpath")))
-    status = pod_status(core, "hostpath")
+    message = ('cannot mount the volumes of pod default/claim: volume "data": persistentVolumeClaim volumes are '
+               "not supported by the sandbox kubelet; use one of projected, configMap, secret, emptyDir, hostPath")
+    wait_for(lambda: ("Warning", "FailedMount", message) in events(core, "claim"), what="the claim's event",
+             diag=lambda: str(events(core, "claim")))
+    status = pod_status(core, "claim")
     assert status["phase"] == "Pending"
     assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+
+
+# the node agent's use of its hostPaths: write beside the CNI config, and enter pod network
+# namespaces through both mounts of /run/netns; every change is reported on stdout
+HOST_AGENT = r"""
+echo written-by-container > /host/x/hello && echo wrote
+echo "run: $(cat "$2"/state)"
+if touch /host/run/netns/probe 2>/dev/null; then echo "netns-ro: writable"; else echo "netns-ro: refused"; fi
+last=""
+while true; do
+  seen=""
+  for f in /var/run/netns/$1* /host/run/netns/$1*; do
+    [ -e "$f" ] && nsenter --net="$f" true 2>/dev/null && seen="$seen $f"
+  done
+  [ "$seen" != "$last" ] && echo "netns:$seen" && last="$seen"
+  sleep 0.1
+done
+"""
+
+
+def netns_lines(log: Path) -> list[str]:
+    return [line for line in log.read_text().splitlines() if line.startswith("netns:")] if log.exists() else []
+
+
+def test_host_paths_per_node_and_namespaces_mounted_later(node, tmp_path: Path):
+    cfg, core, runtime = node
+    tag = secrets.token_hex(3)
+    late = f"{cfg.name}-late-{tag}"
+    run = f"/var/run/ambit-e2e-{tag}"  # a new directory under /run, as the agent's /var/run/ambit
+    host_dir = tmp_path / "nodes" / "node-1" / "x"
+    (tmp_path / "nodes" / "node-1" / "run").mkdir(parents=True)
+    (tmp_path / "nodes" / "node-1" / "run" / "state").write_text("node-1's run dir")
+    watched = ["/host", run, str(tmp_path / "nodes" / "$(NODE_NAME)")]
+    before = host_state(watched)
+    spec = {
+        # the Ambit chart's agent: on the node's network, with fields the sandbox accepts and ignores
+        "hostNetwork": True,
+        "dnsPolicy": "ClusterFirstWithHostNet",
+        "priorityClassName": "system-node-critical",
+        "tolerations": [{"operator": "Exists"}],
+        "securityContext": {"runAsUser": 0},
+        "containers": [{
+            "name": "agent", "command": ["sh", "-c", HOST_AGENT, "sh", f"{cfg.name}-", run],
+            "securityContext": {"privileged": False, "runAsUser": 0, "runAsNonRoot": False,
+                                "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": True,
+                                "capabilities": {"add": ["NET_ADMIN", "SYS_ADMIN", "SYS_PTRACE"], "drop": ["ALL"]}},
+            "resources": {"requests": {"cpu": "10m", "memory": "32Mi"}, "limits": {"memory": "128Mi"}},
+            "volumeMounts": [
+                {"name": "x", "mountPath": "/host/x"},
+                {"name": "run", "mountPath": run},
+                {"name": "netns", "mountPath": "/var/run/netns", "mountPropagation": "HostToContainer"},
+                {"name": "netns", "mountPath": "/host/run/netns", "mountPropagation": "HostToContainer",
+                 "readOnly": True}]}],
+        "volumes": [
+            {"name": "x", "hostPath": {"path": f"{tmp_path}/nodes/$(NODE_NAME)/x", "type": "DirectoryOrCreate"}},
+            {"name": "run", "hostPath": {"path": f"{tmp_path}/nodes/$(NODE_NAME)/run", "type": "DirectoryOrCreate"}},
+            {"name": "netns", "hostPath": {"path": "/var/run/netns", "type": "DirectoryOrCreate"}}],
+    }
+    log = layout.pod_log_path(cfg, "node-1", NS, "agent", "agent")
+    diag = lambda: (log.read_text() if log.exists() else "(no log)") + f"\nevents: {events(core, 'agent')}"
+    try:
+        pod = create_pod(core, "agent", spec)
+        runtime.sync([pod])
+        wait_for(lambda: ready(pod_status(core, "agent")), what="the agent Ready", diag=diag)
+
+        # the file the container wrote is on the host, in this node's directory
+        wait_for(lambda: (host_dir / "hello").exists(), what="the container's file on the host", diag=diag)
+        assert (host_dir / "hello").read_text() == "written-by-container\n"
+        assert oct(host_dir.stat().st_mode & 0o777) == oct(0o755)
+        assert "netns-ro: refused" in log.read_text()  # readOnly: true holds for the bind
+        assert "run: node-1's run dir" in log.read_text()
+
+        # namespaces mounted before the container started are usable through both mounts...
+        both = lambda name: {f"/var/run/netns/{name}", f"/host/run/netns/{name}"}
+        node_ns = cfg.node_netns("node-1")
+        wait_for(lambda: (lines := netns_lines(log)) and both(node_ns) <= set(lines[-1].split()[1:]),
+                 what="the node's netns in both mounts", diag=diag)
+        # ...and so is one created after it started (HostToContainer)
+        netns.add(late)
+        wait_for(lambda: (lines := netns_lines(log)) and both(late) <= set(lines[-1].split()[1:]),
+                 timeout=10, what=f"{late} in both mounts", diag=diag)
+        netns.delete(late)
+        wait_for(lambda: (lines := netns_lines(log)) and not both(late) & set(lines[-1].split()[1:]),
+                 timeout=10, what=f"{late} gone from both mounts", diag=diag)
+    finally:
+        netns.delete(late)
+    runtime.sync([])
+    uid = pod["metadata"]["uid"]
+    assert runtime.worker(uid) is None or runtime.worker(uid).done.wait(15)
+    assert (host_dir / "hello").exists()  # a hostPath outlives its pod, as on a real node
+    assert host_state(watched) == before
+
+
+def test_a_failed_host_path_check_keeps_the_pod_creating_until_the_path_is_right(node, tmp_path: Path):
+    cfg, core, runtime = node
+    wanted = tmp_path / "nodes" / "node-1" / "data"
+    wanted.parent.mkdir(parents=True)
+    wanted.write_text("a file, not the directory the pod asks for")
+    spec = {"containers": [{"name": "app", "command": ["sh", "-c", "ls /data; exec sleep 600"],
+                            "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+            "volumes": [{"name": "data", "hostPath": {"path": f"{tmp_path}/nodes/$(NODE_NAME)/data",
+                                                      "type": "Directory"}}],
+            "automountServiceAccountToken": False}
+    untyped = {"containers": [{"name": "app", "command": ["sleep", "600"],
+                               "volumeMounts": [{"name": "gone", "mountPath": "/gone"}]}],
+               "volumes": [{"name": "gone", "hostPath": {"path": f"{tmp_path}/gone"}}],
+               "automountServiceAccountToken": False}
+    runtime.sync([create_pod(core, "app", spec), create_pod(core, "untyped", untyped)])
+
+    message = (f'MountVolume.SetUp failed for volume "data" : hostPath type check failed: '
+               f"{wanted} is not a directory")
+    wait_for(lambda: ("Warning", "FailedMount", message) in events(core, "app"), what="the FailedMount event",
+             diag=lambda: str(events(core, "app")))
+    status = pod_status(core, "app")
+    assert status["phase"] == "Pending" and "podIP" not in status
+    assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
+
+    # an untyped hostPath is not created on the host: the container cannot be created meanwhile
+    state = wait_for(lambda: (s := pod_status(core, "untyped").get("containerStatuses")) and
+                     s[0]["state"].get("waiting", {}).get("reason") == "CreateContainerError" and s[0]["state"],
+                     what="CreateContainerError", diag=lambda: str(events(core, "untyped")))
+    assert f"hostPath {tmp_path}/gone does not exist" in state["waiting"]["message"]
+    assert not (tmp_path / "gone").exists()
+
+    wanted.unlink()
+    (wanted / "inside").mkdir(parents=True)
+    wait_for(lambda: ready(pod_status(core, "app")), what="Running once the directory exists",
+             diag=lambda: str(events(core, "app")))
+    log = layout.pod_log_path(cfg, "node-1", NS, "app", "app")
+    wait_for(lambda: log.exists() and log.read_text().split() == ["inside"], what="the directory in the container",
+             diag=lambda: log.read_text() if log.exists() else "(no log)")

@@ -101,10 +101,14 @@ def test_exit_codes_follow_container_runtimes(returncode, code):
 
 
 def test_launcher_argv_and_parsing_round_trip():
-    binds = [launch.Bind("/s", launch.SA_MOUNT, True), launch.Bind("/v/scratch", "/tmp/work", False)]
+    binds = [launch.Bind("/s", launch.SA_MOUNT, True), launch.Bind("/v/scratch", "/tmp/work", False),
+             launch.Bind("/var/run/netns", "/host/run/netns", False, True),
+             launch.Bind("/etc/cni/net.d", "/host/etc/cni/net.d", True, True)]
     argv = ctr.launcher_argv(["sleep", "1"], netns_path="/run/netns/p", binds=binds,
                              scratch_dir=Path("/m"), workdir="/w", ready_fd=7)
     i = argv.index("sandbox.node.launch")
+    assert argv[argv.index("/var/run/netns") - 1] == "--bind-host"
+    assert argv[argv.index("/etc/cni/net.d") - 1] == "--bind-host-ro"
     opts, command = launch.parse_args(argv[i + 1:])
     assert opts == launch.Options(netns="/run/netns/p", scratch="/m", workdir="/w", ready_fd=7, binds=tuple(binds))
     assert command == ["sleep", "1"]

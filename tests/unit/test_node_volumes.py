@@ -3,6 +3,10 @@ from __future__ import annotations
 
 import base64
 import os
+import shutil
+import socket
+import stat
+import tempfile
 import threading
 from pathlib import Path
 
@@ -12,9 +16,10 @@ from hypothesis import strategies as st
 
 from sandbox.node import atomicwriter
 from sandbox.node.errors import ContainerError
-from sandbox.node.podvolumes import PodVolumes
-from sandbox.node.volumes import (File, KeyToPath, Mount, ObjectSource, SourceError, TokenSource, Volume,
-                                  VolumeError, container_mounts, parse_volumes, render)
+from sandbox.node.launch import Bind
+from sandbox.node.podvolumes import PodVolumes, check_host_path
+from sandbox.node.volumes import (File, HostPath, HostPathError, KeyToPath, Mount, ObjectSource, SourceError,
+                                  TokenSource, Volume, VolumeError, container_mounts, parse_volumes, render)
 
 # the pod spec Ambit's node agent uses, verbatim
 AGENT_VOLUMES = [
@@ -85,9 +90,16 @@ def test_defaults_and_every_supported_field():
     ([{"name": "v", "emptyDir": {}}, {"name": "v", "emptyDir": {}}], 'duplicate volume name "v"'),
     ([{"name": "v"}], 'volume "v": exactly one volume type is required, found none'),
     ([{"name": "v", "emptyDir": {}, "secret": {"secretName": "s"}}], "found emptyDir and secret"),
-    ([{"name": "v", "hostPath": {"path": "/etc"}}], "hostPath volumes are not supported by the sandbox kubelet; "
-                                                     "use one of projected, configMap, secret, emptyDir"),
-    ([{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}], "persistentVolumeClaim volumes are not supported"),
+    ([{"name": "v", "persistentVolumeClaim": {"claimName": "c"}}], "persistentVolumeClaim volumes are not supported "
+                                                                 "by the sandbox kubelet; use one of projected, "
+                                                                 "configMap, secret, emptyDir, hostPath"),
+    ([{"name": "v", "hostPath": "/etc"}], r'volume "v".hostPath: must be an object with a path'),
+    ([{"name": "v", "hostPath": {"type": "Directory"}}], r"hostPath.path: a path on the node is required"),
+    ([{"name": "v", "hostPath": {"path": "run/netns"}}], r"'run/netns' must be absolute, e.g. '/run/netns'"),
+    ([{"name": "v", "hostPath": {"path": "/var/../etc"}}], r"'/var/../etc' must not contain '..'"),
+    ([{"name": "v", "hostPath": {"path": "/x", "type": "Dir"}}],
+     r"hostPath.type: 'Dir' is not a hostPath type; use one of \"\", DirectoryOrCreate, Directory, FileOrCreate, "
+     "File, Socket, CharDevice, BlockDevice"),
     ([{"name": "v", "configMap": {}}], r'volume "v".configMap: name is required'),
     ([{"name": "v", "secret": {"name": "s"}}], r"secret: secretName is required"),
     ([{"name": "v", "configMap": {"name": "c", "items": [{"path": "x"}]}}], r"items\[0\]: a key is required"),
@@ -110,7 +122,8 @@ def test_defaults_and_every_supported_field():
     ([{"name": "v", "emptyDir": {"medium": "HugePages-2Mi"}}], "medium 'HugePages-2Mi' is not supported"),
     ([{"name": "v", "secret": {"secretName": "s", "items": [{"key": "a", "path": "x"}, {"key": "b", "path": "x"}]}}],
      r'volume "v".secret: conflicting duplicate path'),
-], ids=["no-name", "duplicate", "no-type", "two-types", "hostPath", "pvc", "cm-no-name", "secret-no-secretName",
+], ids=["no-name", "duplicate", "no-type", "two-types", "pvc", "hostPath-not-object", "hostPath-no-path",
+        "hostPath-relative", "hostPath-dotdot", "hostPath-bad-type", "cm-no-name", "secret-no-secretName",
         "item-no-key", "absolute-path", "dotdot", "starts-dotdot", "empty-element", "bad-mode", "short-token",
         "long-token", "token-no-path", "downwardAPI", "empty-source", "duplicate-path", "hugepages",
         "duplicate-item-path"])
@@ -125,7 +138,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers(-5, 2**34) | st.text
                     max_leaves=12)
 FIELDS = st.sampled_from(["name", "projected", "configMap", "secret", "emptyDir", "hostPath", "sources",
                           "serviceAccountToken", "audience", "expirationSeconds", "path", "items", "key", "mode",
-                          "optional", "secretName", "defaultMode", "medium"])
+                          "optional", "secretName", "defaultMode", "medium", "type"])
 SPECISH = st.recursive(JSON, lambda inner: st.dictionaries(FIELDS, inner, max_size=4) | st.lists(inner, max_size=3),
                        max_leaves=20)
 
@@ -174,6 +187,139 @@ def test_mount_paths_are_normalised_and_api_data_is_always_read_only():
         {"name": "trust", "mountPath": "/etc//trust/./"},
         {"name": "scratch", "mountPath": "/scratch", "readOnly": True}]}, VOLS)
     assert mounts == [Mount("trust", "/etc/trust", True), Mount("scratch", "/scratch", True)]
+
+
+# ---- hostPath: the spec ----------------------------------------------------------------------------
+@pytest.mark.parametrize("body, host_path, on_node_1", [
+    ({"path": "/var/run/netns"}, HostPath("/var/run/netns", ""), "/var/run/netns"),
+    ({"path": "/var/run/netns", "type": ""}, HostPath("/var/run/netns", ""), "/var/run/netns"),
+    ({"path": "/run/xtables.lock", "type": "FileOrCreate"}, HostPath("/run/xtables.lock", "FileOrCreate"),
+     "/run/xtables.lock"),
+    ({"path": "/s/nodes/$(NODE_NAME)/cni/net.d", "type": "DirectoryOrCreate"},
+     HostPath("/s/nodes/$(NODE_NAME)/cni/net.d", "DirectoryOrCreate"), "/s/nodes/node-1/cni/net.d"),
+    ({"path": "/a/$(NODE_NAME)/$(NODE_NAME).sock", "type": "Socket"},
+     HostPath("/a/$(NODE_NAME)/$(NODE_NAME).sock", "Socket"), "/a/node-1/node-1.sock"),
+    ({"path": "/a/$(POD_NAME)/$NODE_NAME"}, HostPath("/a/$(POD_NAME)/$NODE_NAME", ""), "/a/$(POD_NAME)/$NODE_NAME"),
+    ({"path": "/dev/null", "type": "CharDevice"}, HostPath("/dev/null", "CharDevice"), "/dev/null"),
+], ids=["untyped", "empty-type", "file-or-create", "node-name", "node-name-twice", "other-refs-literal",
+        "char-device"])
+def test_host_path_volumes_parse_and_expand_the_node_name(body, host_path, on_node_1):
+    vol = parse_volumes(pod([{"name": "h", "hostPath": body}]))["h"]
+    assert vol == Volume("h", "hostPath", host_path=host_path)
+    assert vol.host_path.on_node("node-1") == on_node_1
+    assert not vol.always_read_only and vol.sources == ()
+
+
+HOST_VOLS = parse_volumes(pod([{"name": "netns", "hostPath": {"path": "/var/run/netns"}},
+                               {"name": "cni", "hostPath": {"path": "/s/$(NODE_NAME)/net.d", "type": "Directory"}}]))
+
+
+@pytest.mark.parametrize("mount, expected", [
+    ({"name": "netns", "mountPath": "/var/run/netns"}, Mount("netns", "/var/run/netns", False)),
+    ({"name": "netns", "mountPath": "/host/run/netns/", "mountPropagation": "HostToContainer"},
+     Mount("netns", "/host/run/netns", False)),
+    ({"name": "cni", "mountPath": "/host/etc/cni/net.d", "readOnly": True, "mountPropagation": "None"},
+     Mount("cni", "/host/etc/cni/net.d", True)),
+    ({"name": "netns", "mountPath": "/x", "mountPropagation": "Bidirectional"},
+     "mountPropagation Bidirectional is not supported; leave it unset"),
+    ({"name": "netns", "mountPath": "/x", "mountPropagation": "Shared"},
+     "mountPropagation 'Shared' is not valid; use None or HostToContainer"),
+], ids=["same-place", "host-to-container", "read-only-none", "bidirectional", "invalid"])
+def test_host_path_mounts_are_read_write_unless_asked_and_never_bidirectional(mount, expected):
+    container = {"name": "agent", "volumeMounts": [mount]}
+    if isinstance(expected, Mount):
+        assert container_mounts(container, HOST_VOLS) == [expected]
+    else:
+        with pytest.raises(ContainerError, match=expected) as err:
+            container_mounts(container, HOST_VOLS)
+        assert err.value.reason == "CreateContainerConfigError"
+
+
+# ---- hostPath: the type check (on the filesystem) ------------------------------------------------------
+def block_device() -> str:
+    for entry in sorted(os.scandir("/dev"), key=lambda e: e.name):
+        if stat.S_ISBLK(entry.stat(follow_symlinks=False).st_mode):
+            return entry.path
+    pytest.skip("no block device in /dev")  # a machine without any: nothing to check BlockDevice against
+
+
+@pytest.fixture
+def host(tmp_path: Path):
+    """A small host tree: a directory, a file, a socket, a symlink to the directory."""
+    short = Path(tempfile.mkdtemp(prefix="hp-", dir="/tmp"))  # AF_UNIX paths are short
+    (short / "dir").mkdir()
+    (short / "file").write_text("x")
+    (short / "link").symlink_to(short / "dir")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(short / "sock"))
+    try:
+        yield short
+    finally:
+        sock.close()
+        shutil.rmtree(short)
+
+
+@pytest.mark.parametrize("path, htype, error", [
+    ("missing", "", None),
+    ("file", "", None),
+    ("dir", "Directory", None),
+    ("link", "Directory", None),
+    ("file", "Directory", "{h}/file is not a directory"),
+    ("missing", "Directory", "{h}/missing is not a directory"),
+    ("dir", "DirectoryOrCreate", None),
+    ("file", "DirectoryOrCreate", "{h}/file is not a directory"),
+    ("file", "File", None),
+    ("dir", "File", "{h}/dir is not a file"),
+    ("sock", "File", "{h}/sock is not a file"),
+    ("file", "FileOrCreate", None),
+    ("dir", "FileOrCreate", "{h}/dir is not a file"),
+    ("missing/f", "FileOrCreate",
+     "cannot create {h}/missing/f: no such file or directory; FileOrCreate does not create the parent directory"),
+    ("sock", "Socket", None),
+    ("file", "Socket", "{h}/file is not a socket file"),
+    ("/dev/null", "CharDevice", None),
+    ("file", "CharDevice", "{h}/file is not a character device"),
+    ("/dev/null", "BlockDevice", "/dev/null is not a block device"),
+    ("file/sub", "DirectoryOrCreate", "cannot create {h}/file/sub: not a directory"),
+], ids=["untyped-missing", "untyped-file", "dir", "symlink-to-dir", "file-not-dir", "missing-dir",
+        "dir-or-create-exists", "dir-or-create-on-file", "file", "dir-not-file", "socket-not-file",
+        "file-or-create-exists", "file-or-create-on-dir", "file-or-create-no-parent", "socket",
+        "file-not-socket", "char", "file-not-char", "char-not-block", "dir-or-create-under-file"])
+def test_host_path_type_check_words_failures_like_the_kubelet(host: Path, path, htype, error):
+    full = path if path.startswith("/") else f"{host}/{path}"
+    before = sorted(os.listdir(host))
+    if error is None:
+        check_host_path(full, htype)
+    else:
+        with pytest.raises(HostPathError) as err:
+            check_host_path(full, htype)
+        assert str(err.value) == "hostPath type check failed: " + error.format(h=host)
+    assert sorted(os.listdir(host)) == before  # nothing made at the top level but by *OrCreate below
+
+
+def test_host_path_or_create_types_make_what_is_missing(host: Path):
+    check_host_path(f"{host}/dir/new/deeper", "DirectoryOrCreate")
+    made = host / "dir" / "new" / "deeper"
+    assert made.is_dir() and stat.S_IMODE(made.stat().st_mode) == 0o755
+    check_host_path(f"{host}/dir/made.txt", "FileOrCreate")
+    f = host / "dir" / "made.txt"
+    assert f.read_bytes() == b"" and stat.S_IMODE(f.stat().st_mode) == 0o644
+    f.write_text("kept")
+    f.chmod(0o600)
+    check_host_path(f"{host}/dir/made.txt", "FileOrCreate")  # exists: kept as it is
+    assert f.read_text() == "kept" and stat.S_IMODE(f.stat().st_mode) == 0o600
+    check_host_path(block_device(), "BlockDevice")
+
+
+def test_or_create_modes_do_not_depend_on_the_umask(host: Path):
+    old = os.umask(0o077)
+    try:
+        check_host_path(f"{host}/dir/new", "DirectoryOrCreate")
+        check_host_path(f"{host}/dir/made.txt", "FileOrCreate")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((host / "dir" / "new").stat().st_mode) == 0o755
+    assert stat.S_IMODE((host / "dir" / "made.txt").stat().st_mode) == 0o644
 
 
 # ---- rendering -------------------------------------------------------------------------------------
@@ -334,7 +480,7 @@ class Clock:
 def test_pod_volumes_wait_for_a_missing_configmap_then_follow_its_updates(tmp_path: Path):
     spec = pod([*AGENT_VOLUMES, {"name": "cfg", "configMap": {"name": "app", "items": [{"key": "k", "path": "k"}]}}])
     sources, clock = FakeSources(), Clock()
-    pv = PodVolumes(pod=spec, root=tmp_path / "volumes", sources=sources, resync=10.0, clock=clock)
+    pv = PodVolumes(pod=spec, node="node-1", root=tmp_path / "volumes", sources=sources, resync=10.0, clock=clock)
 
     assert pv.setup() == ['MountVolume.SetUp failed for volume "cfg" : configmap "app" not found']
     assert not pv.ready
@@ -375,7 +521,7 @@ def test_pod_volumes_refresh_tokens_at_80_percent_of_their_life(tmp_path: Path):
         {"serviceAccountToken": {"audience": "ambit-identity", "expirationSeconds": 3600, "path": "again"}},
         {"serviceAccountToken": {"expirationSeconds": 7200, "path": "api"}}]}}])
     sources, clock = FakeSources(), Clock()
-    pv = PodVolumes(pod=spec, root=tmp_path / "volumes", sources=sources, resync=10.0, clock=clock)
+    pv = PodVolumes(pod=spec, node="node-1", root=tmp_path / "volumes", sources=sources, resync=10.0, clock=clock)
     assert pv.setup() == [] and pv.ready
     assert sorted(sources.tokens) == [("", 7200), ("ambit-identity", 3600)]  # one request per audience+ttl
     assert abs(pv.next_due - (clock.now + 2880)) < 2
@@ -385,3 +531,42 @@ def test_pod_volumes_refresh_tokens_at_80_percent_of_their_life(tmp_path: Path):
     token_file = pv.dir(pv.volumes["ca-token"]) / "ambit-identity"
     assert token_file.read_text() == "tok-ambit-identity-3"
     assert (pv.dir(pv.volumes["other"]) / "again").read_text() == "tok-ambit-identity-3"
+
+
+def test_pod_volumes_check_host_paths_on_this_node_and_retry_until_they_pass(tmp_path: Path):
+    spec = pod([
+        {"name": "cni", "hostPath": {"path": f"{tmp_path}/nodes/$(NODE_NAME)/cni/net.d", "type": "DirectoryOrCreate"}},
+        {"name": "sock", "hostPath": {"path": f"{tmp_path}/$(NODE_NAME).sock", "type": "Socket"}},
+        {"name": "netns", "hostPath": {"path": "/var/run/netns"}},
+        {"name": "later", "hostPath": {"path": f"{tmp_path}/later"}},
+    ])
+    pv = PodVolumes(pod=spec, node="node-2", root=tmp_path / "volumes", sources=FakeSources(), resync=10.0)
+    assert pv.setup() == [f'MountVolume.SetUp failed for volume "sock" : hostPath type check failed: '
+                          f"{tmp_path}/node-2.sock is not a socket file"]
+    assert not pv.ready
+    assert (tmp_path / "nodes" / "node-2" / "cni" / "net.d").is_dir()  # made for this node only
+    assert not (tmp_path / "nodes" / "$(NODE_NAME)").exists()
+    assert not (tmp_path / "volumes" / "kubernetes.io~host-path").exists()  # nothing is copied
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.bind(str(tmp_path / "node-2.sock"))
+        assert pv.setup() == [] and pv.ready
+    assert pv.next_due == float("inf")  # nothing to resync
+
+    agent = {"name": "agent", "volumeMounts": [
+        {"name": "cni", "mountPath": "/host/etc/cni/net.d"},
+        {"name": "sock", "mountPath": "/var/run/ambit/agent.sock", "readOnly": True},
+        {"name": "netns", "mountPath": "/var/run/netns", "mountPropagation": "HostToContainer"}]}
+    assert pv.binds(agent) == [
+        Bind(f"{tmp_path}/nodes/node-2/cni/net.d", "/host/etc/cni/net.d", False, True),
+        Bind(f"{tmp_path}/node-2.sock", "/var/run/ambit/agent.sock", True, True),
+        Bind("/var/run/netns", "/var/run/netns", False, True),
+    ]
+    # an untyped hostPath is not checked at setup, but a container cannot start while it is missing
+    late = {"name": "late", "volumeMounts": [{"name": "later", "mountPath": "/later"}]}
+    with pytest.raises(ContainerError, match=f"hostPath {tmp_path}/later does not exist; create it, or give the "
+                                             "volume type DirectoryOrCreate or FileOrCreate") as err:
+        pv.binds(late)
+    assert err.value.reason == "CreateContainerError"
+    (tmp_path / "later").mkdir()
+    assert pv.binds(late) == [Bind(f"{tmp_path}/later", "/later", False, True)]
