@@ -20,6 +20,7 @@ import yaml
 from aiohttp import web
 
 from . import discovery, errors, protobuf, registry
+from .deletion import DeleteOptions, DeleteOptionsError, DeleteOptionsInvalid, parse_options
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotAcceptable, NotFound, UnsupportedMediaType
 from .protobuf import ProtobufError
 from .registry import ResourceType
@@ -171,6 +172,19 @@ async def read_object(request: web.Request) -> Any:
                 f"{exc}; send JSON instead (e.g. kubectl create ... --dry-run=client -o yaml | kubectl apply -f -)"
             ) from exc
     raise UnsupportedMediaType(f"the body of the request was in an unknown format ({ctype}); send application/json")
+
+
+async def read_delete_options(request: web.Request) -> DeleteOptions:
+    """DeleteOptions from the body (JSON or protobuf), or from the query when there is no body."""
+    raw = await request.read()
+    body = await read_object(request) if raw.strip() else None
+    query = {key: request.query.getall(key) for key in set(request.query.keys())}
+    try:
+        return parse_options(body, query)
+    except DeleteOptionsInvalid as exc:
+        raise errors.invalid("DeleteOptions", "", [exc.cause], group="meta.k8s.io") from exc
+    except DeleteOptionsError as exc:
+        raise BadRequest(str(exc)) from exc
 
 
 # ---- continue tokens -------------------------------------------------------------------------
@@ -352,7 +366,9 @@ class Handlers:
                 return raw_response(stored.raw, status=201)
             if method == "DELETE":
                 labels, fields = self._selectors(request)
-                deleted = self.resources.delete_collection(rt, t.namespace, labels=labels, fields=fields, dry_run=dry_run)
+                options = await read_delete_options(request)
+                deleted = self.resources.delete_collection(rt, t.namespace, labels=labels, fields=fields, options=options,
+                                                           dry_run=dry_run or options.dry_run)
                 return self._list_body(rt, deleted, self.store.resource_version)
             raise MethodNotAllowed(f"{method} is not allowed on a collection of {rt.plural}")
         if method == "GET":
@@ -379,11 +395,8 @@ class Handlers:
         if method == "DELETE":
             if t.subresource:
                 raise MethodNotAllowed(f"DELETE is not allowed on {rt.plural}/{t.subresource}")
-            raw = await request.read()
-            options = parse_json(raw, what="DeleteOptions") if raw.strip() else {}
-            if not isinstance(options, dict):
-                raise BadRequest("DeleteOptions must be a JSON object")
-            stored = self.resources.delete(rt, t.namespace, t.name, options=options, dry_run=dry_run)
+            options = await read_delete_options(request)
+            stored = self.resources.delete(rt, t.namespace, t.name, options=options, dry_run=dry_run or options.dry_run)
             return raw_response(stored.raw)
         raise MethodNotAllowed(f"{method} is not allowed on {rt.plural}")
 

@@ -1,7 +1,8 @@
-"""Decode the Kubernetes protobuf request bodies that kubectl's typed clients send.
+"""Decode the Kubernetes protobuf request bodies that kubectl's and Helm's typed clients send.
 
 ``kubectl create namespace|configmap|secret|serviceaccount|deployment|service|token`` encode their
-bodies as ``application/vnd.kubernetes.protobuf`` (magic ``k8s\\0`` + ``runtime.Unknown``). This
+bodies as ``application/vnd.kubernetes.protobuf`` (magic ``k8s\\0`` + ``runtime.Unknown``), and so
+do client-go's typed calls that Helm makes (release Secrets, and the DeleteOptions of deletes). This
 module turns those bodies into the JSON objects the rest of the API works with, for the messages
 listed in :data:`SCHEMAS` (field numbers from Kubernetes' ``generated.proto``). A field it does
 not know is refused with an actionable error rather than silently dropped. Responses are always
@@ -21,7 +22,8 @@ class ProtobufError(ValueError):
     """The body cannot be decoded; the message names the message type and field."""
 
 
-# type codes: "s" string, "b" bool, "i" int (kept when 0), "z" int dropped when 0, "y" bytes (base64),
+# type codes: "s" string, "b" bool (dropped when false), "o" bool kept when false (an optional field),
+# "i" int (kept when 0), "z" int dropped when 0, "y" bytes (base64),
 # "m:s" map<string,string>, "m:y" map<string,bytes>, "m:q" map<string,Quantity>,
 # "T" Time, "I" IntOrString, "Q" Quantity, or a message name. A trailing "*" means repeated.
 Field = tuple[str, str]
@@ -81,6 +83,12 @@ SCHEMAS: dict[str, dict[int, Field]] = {
         18: ("clusterIPs", "s*"), 19: ("ipFamilies", "s*"), 21: ("loadBalancerClass", "s"), 22: ("internalTrafficPolicy", "s"),
     },
     "ServicePort": {1: ("name", "s"), 2: ("protocol", "s"), 3: ("port", "i"), 4: ("targetPort", "I"), 5: ("nodePort", "z"), 6: ("appProtocol", "s")},
+    # the body of client-go's typed deletes (Helm deletes its release Secrets so)
+    "DeleteOptions": {
+        1: ("gracePeriodSeconds", "i"), 2: ("preconditions", "Preconditions"), 3: ("orphanDependents", "o"),
+        4: ("propagationPolicy", "s"), 5: ("dryRun", "s*"), 6: ("ignoreStoreReadErrorWithClusterBreakingPotential", "b"),
+    },
+    "Preconditions": {1: ("uid", "s"), 2: ("resourceVersion", "s")},
 }
 
 
@@ -143,7 +151,7 @@ def _scalar(typ: str, wire: int, value: Any, where: str) -> Any:
         return _text(value, where)
     if typ == "y":
         return base64.b64encode(value).decode()
-    if typ == "b":
+    if typ in ("b", "o"):
         return bool(value)
     if typ in ("i", "z"):
         return _signed(value)
@@ -202,7 +210,7 @@ def _prune(obj: dict[str, Any], schema: dict[int, Field]) -> dict[str, Any]:
     out = {}
     for k, v in obj.items():
         t = types.get(k, "")
-        if v is None or v == "" or v is False or v == {} or (t == "z" and v == 0):
+        if v is None or v == "" or (v is False and t != "o") or v == {} or (t == "z" and v == 0):
             continue
         out[k] = v
     return out

@@ -4,6 +4,8 @@
   generation, optimistic concurrency on ``metadata.resourceVersion``, status subresources (writes
   to the main resource keep the old status, ``/status`` writes change only status), finalizers,
   namespace existence;
+- deletes with a propagation policy: ``Foreground``/``Orphan`` keep an owner that has dependents
+  under the garbage collector's finalizer (rules in ``deletion``);
 - namespace deletion as Kubernetes does it: DELETE marks the namespace Terminating (no new content
   may be created in it), the namespace controller (``sandbox.controllers.namespace``) empties it
   and removes the ``kubernetes`` finalizer through ``/finalize``, and the namespace goes when no
@@ -28,6 +30,7 @@ from typing import Any
 from sandbox.config import SandboxConfig
 
 from . import admission, errors, registry
+from .deletion import DeleteOptions, finalizers_after
 from .errors import BadRequest, Invalid, NotFound
 from .patch import PatchApplyError, PatchFormatError, apply_patch, json_patch, merge_patch, strategic_merge_patch
 from .registry import NAMESPACE, POD, SERVICE, SERVICE_ACCOUNT, ResourceType
@@ -45,6 +48,8 @@ STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 PATCH_TYPES = (MERGE_PATCH, JSON_PATCH, STRATEGIC_PATCH, APPLY_PATCH, "application/apply-patch+json")
 NODE_PORTS = range(30000, 32768)
+COLLECTED_OWNERS = ("deployments.apps", "replicasets.apps", "daemonsets.apps", "services")
+"""the owner kinds whose dependents the sandbox garbage collector handles (its OWNER_KINDS)"""
 MIN_TOKEN_SECONDS = 600
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -437,19 +442,17 @@ class Resources:
 
     # ---- delete ------------------------------------------------------------------------
 
-    def delete(self, rt: ResourceType, ns: str | None, name: str, *, options: Obj | None = None, dry_run: bool = False) -> Stored:
+    def delete(self, rt: ResourceType, ns: str | None, name: str, *, options: DeleteOptions = DeleteOptions(), dry_run: bool = False) -> Stored:
         existing = self.get(rt, ns, name)
-        options = options or {}
-        pre = options.get("preconditions") or {}
         meta = existing.obj["metadata"]
-        if pre.get("uid") and pre["uid"] != meta.get("uid"):
+        if options.uid and options.uid != meta.get("uid"):
             raise errors.Conflict(
-                f"Precondition failed: UID in precondition: {pre['uid']}, UID in object meta: {meta.get('uid')}",
+                f"Precondition failed: UID in precondition: {options.uid}, UID in object meta: {meta.get('uid')}",
                 details={"name": name, "kind": rt.plural},
             )
-        if pre.get("resourceVersion") and str(pre["resourceVersion"]) != str(existing.rv):
+        if options.resource_version and options.resource_version != str(existing.rv):
             raise errors.Conflict(
-                f"Precondition failed: ResourceVersion in precondition: {pre['resourceVersion']}, ResourceVersion in object meta: {existing.rv}",
+                f"Precondition failed: ResourceVersion in precondition: {options.resource_version}, ResourceVersion in object meta: {existing.rv}",
                 details={"name": name, "kind": rt.plural},
             )
         if rt is NAMESPACE and name in SYSTEM_NAMESPACES:
@@ -458,14 +461,31 @@ class Resources:
             return existing
         if rt is NAMESPACE:
             return self._delete_namespace(existing)
-        if meta.get("finalizers"):
-            if meta.get("deletionTimestamp"):
-                return existing
-            obj = json.loads(existing.raw)
-            obj["metadata"]["deletionTimestamp"] = now_rfc3339()
-            obj["metadata"]["deletionGracePeriodSeconds"] = 0
-            return self.store.put(rt.key, obj, event_type="MODIFIED")
-        return self._remove(rt, existing)
+        finalizers = list(meta.get("finalizers") or [])
+        # Foreground/Orphan keep an owner only for the garbage collector (sandbox.controllers),
+        # which judges the COLLECTED_OWNERS kinds; for any other kind nothing would release it
+        waits = options.propagation in ("Foreground", "Orphan") and rt.key in COLLECTED_OWNERS and self._has_dependents(existing.obj)
+        wanted = finalizers_after(finalizers, options.propagation, has_dependents=waits)
+        if meta.get("deletionTimestamp") and wanted == finalizers:
+            return existing
+        if not wanted:
+            return self._remove(rt, existing)
+        obj = json.loads(existing.raw)
+        obj["metadata"]["finalizers"] = wanted
+        obj["metadata"].setdefault("deletionTimestamp", now_rfc3339())
+        obj["metadata"].setdefault("deletionGracePeriodSeconds", 0)
+        return self.store.put(rt.key, obj, event_type="MODIFIED")
+
+    def _has_dependents(self, owner: Obj) -> bool:
+        """Does any object in the owner's namespace name it (by uid) in its ownerReferences?"""
+        uid = owner["metadata"].get("uid")
+        ns = owner["metadata"].get("namespace", "")
+        for other in registry.RESOURCES:
+            if other.namespaced:
+                for s in self.store.list(other.key, ns):
+                    if any(ref.get("uid") == uid for ref in s.obj["metadata"].get("ownerReferences") or []):
+                        return True
+        return False
 
     def _delete_namespace(self, existing: Stored) -> Stored:
         """The first DELETE marks the namespace Terminating (MODIFIED) and answers it, as Kubernetes
@@ -497,7 +517,16 @@ class Resources:
             raise errors.not_found(rt.plural, meta["name"], group=rt.group)
         return deleted
 
-    def delete_collection(self, rt: ResourceType, ns: str | None, *, labels: LabelSelector, fields: FieldSelector, dry_run: bool = False) -> list[Stored]:
+    def delete_collection(
+        self,
+        rt: ResourceType,
+        ns: str | None,
+        *,
+        labels: LabelSelector,
+        fields: FieldSelector,
+        options: DeleteOptions = DeleteOptions(),
+        dry_run: bool = False,
+    ) -> list[Stored]:
         items, _ = self.list(rt, ns, labels=labels, fields=fields)
         out = []
         for s in items:
@@ -505,7 +534,7 @@ class Resources:
             if rt is NAMESPACE and m["name"] in SYSTEM_NAMESPACES:
                 continue
             try:
-                out.append(self.delete(rt, m.get("namespace"), m["name"], dry_run=dry_run))
+                out.append(self.delete(rt, m.get("namespace"), m["name"], options=options, dry_run=dry_run))
             except NotFound:
                 continue
         return out

@@ -7,10 +7,13 @@
   propagation, so a Deployment's ReplicaSets go, then their pods. The cache may lag, so each such
   delete carries its owners and the applier looks them up live first, as Kubernetes' collector
   does before it deletes.
-- Owners deleted with ``--cascade=foreground`` (finalizer ``foregroundDeletion``) have their
-  dependents deleted first, then the finalizer removed; ``--cascade=orphan`` (finalizer
-  ``orphan``) has the owner reference removed from each dependent, then the finalizer. Both only
-  matter if the API server keeps such owners with a deletionTimestamp.
+- Owners deleted with ``propagationPolicy: Foreground`` (``--cascade=foreground``; the API keeps
+  them with a deletionTimestamp and the ``foregroundDeletion`` finalizer while they have
+  dependents) have their dependents deleted first, themselves in the foreground (so a
+  Deployment waits for its ReplicaSets, which wait for their pods), then the finalizer
+  removed. A dependent that another, living owner keeps only loses its reference to the
+  waiting owner. ``Orphan`` (``--cascade=orphan``, ``orphanDependents: true``; finalizer
+  ``orphan``) has the owner reference removed from each dependent, then the finalizer.
 """
 from __future__ import annotations
 
@@ -70,10 +73,19 @@ def reconcile(objects: Mapping[Kind, Iterable[dict]]) -> list[Action]:
                                                         "resourceVersion": meta(obj).get("resourceVersion")}},
                                      why=f"orphaned by {', '.join(r.get('name', '') for r in orphaning)}"))
                 continue
-            if all(is_deleting(o) and FOREGROUND in _finalizers(o) for _, o in living):
+            waiting = [ref for ref, o in living if is_deleting(o) and FOREGROUND in _finalizers(o)]
+            if not waiting:
+                continue
+            if len(waiting) == len(living):
                 actions.append(Delete(kind=kind, namespace=ns, name=name_of(obj), uid=uid_of(obj),
                                       propagation="Foreground",
-                                      why=f"foreground deletion of {', '.join(r.get('name', '') for r, _ in living)}"))
+                                      why=f"foreground deletion of {', '.join(r.get('name', '') for r in waiting)}"))
+            else:  # another owner keeps it: only let go of the owners that wait for it
+                keep = [r for r in refs if r not in waiting]
+                actions.append(Patch(kind=kind, namespace=ns, name=name_of(obj),
+                                     body={"metadata": {"ownerReferences": keep,
+                                                        "resourceVersion": meta(obj).get("resourceVersion")}},
+                                     why=f"released from the foreground deletion of {', '.join(r.get('name', '') for r in waiting)}"))
 
     # owners waiting on their dependents: drop the finalizer once none references them
     for (kind, ns, uid), owner in sorted(owners.items()):
@@ -100,7 +112,9 @@ class GarbageCollector:
     kinds: tuple[Kind, ...] = tuple(dict.fromkeys(OWNER_KINDS + DEPENDENT_KINDS))
 
     def keys_for(self, kind: Kind, obj: dict, *, etype: str, store: Store) -> Iterable[str]:
-        if etype == "DELETED" or meta(obj).get("ownerReferences") or is_deleting(obj):
+        # any dependent's change: also one whose owner references were just removed (orphaned),
+        # after which its former owner may drop its finalizer
+        if kind in DEPENDENT_KINDS or etype == "DELETED" or is_deleting(obj):
             return (CLUSTER_KEY,)
         return ()
 

@@ -96,6 +96,37 @@ def test_orphan_finalizer_removes_owner_references_then_itself():
     assert patch.body["metadata"]["finalizers"] == ["example.com/keep"]
 
 
+FG = ["foregroundDeletion"]
+
+
+@pytest.mark.parametrize(
+    "objects,expected",
+    [
+        pytest.param(world(obj("Deployment", "web", deleting=True, finalizers=FG), RS, POD),
+                     [("Delete", "ReplicaSet", "web-abc", "Foreground")], id="deployment-waits-replicaset-goes-first"),
+        pytest.param(world(obj("Deployment", "web", deleting=True, finalizers=FG),
+                           obj("ReplicaSet", "web-abc", owners=[("Deployment", "web")], deleting=True, finalizers=FG), POD),
+                     [("Delete", "Pod", "web-abc-x1", "Foreground")], id="replicaset-waits-for-its-pods"),
+        pytest.param(world(obj("Deployment", "web", deleting=True, finalizers=FG),
+                           obj("ReplicaSet", "web-abc", owners=[("Deployment", "web")], deleting=True, finalizers=FG)),
+                     [("Patch", "ReplicaSet", "web-abc", "")], id="replicaset-released-deployment-still-referenced"),
+        pytest.param(world(obj("ReplicaSet", "web-abc", deleting=True, finalizers=FG), obj("DaemonSet", "agent"),
+                           obj("Pod", "p", owners=[("ReplicaSet", "web-abc"), ("DaemonSet", "agent")])),
+                     [("Patch", "Pod", "p", "")], id="second-owner-keeps-the-dependent"),
+    ],
+)
+def test_foreground_cascade(objects, expected):
+    got = [(type(a).__name__, a.kind, a.name, getattr(a, "propagation", "")) for a in reconcile(objects)]
+    assert got == expected
+
+
+def test_dependent_kept_by_another_owner_loses_only_the_waiting_reference():
+    pod = obj("Pod", "p", owners=[("ReplicaSet", "web-abc"), ("DaemonSet", "agent")])
+    [patch] = reconcile(world(obj("ReplicaSet", "web-abc", deleting=True, finalizers=FG), obj("DaemonSet", "agent"), pod))
+    assert [r["name"] for r in patch.body["metadata"]["ownerReferences"]] == ["agent"]
+    assert patch.body["metadata"]["resourceVersion"] == "7"
+
+
 def test_deleting_owner_without_our_finalizers_is_left_alone():
     owner = obj("Deployment", "web", deleting=True, finalizers=["example.com/keep"])
     assert reconcile(world(owner, RS)) == []
@@ -108,6 +139,8 @@ def test_deleting_owner_without_our_finalizers_is_left_alone():
         pytest.param("ADDED", DEPLOY, False, id="new-owner"),
         pytest.param("DELETED", DEPLOY, True, id="owner-deleted"),
         pytest.param("MODIFIED", obj("Deployment", "web", deleting=True), True, id="owner-deleting"),
+        pytest.param("MODIFIED", obj("ReplicaSet", "web-abc"), True, id="dependent-just-orphaned"),
+        pytest.param("MODIFIED", obj("Service", "web"), False, id="owner-changed"),
     ],
 )
 def test_events_that_wake_the_collector(etype, o, wakes):
