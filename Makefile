@@ -4,6 +4,9 @@ VENV  ?= .venv
 PY    := $(VENV)/bin/python
 APT_PACKAGES := iproute2 iptables nftables containernetworking-plugins curl openssl tcpdump \
                 procps psmisc kmod python3-venv prometheus iperf3 wrk nginx libnginx-mod-stream nghttp2-client
+# vagrant validate (it needs a provider: vagrant-libvirt) and shellcheck check vagrant/; without
+# their recommends (qemu, libvirt daemons): nothing here starts a VM
+TOOL_APT_PACKAGES := vagrant vagrant-libvirt shellcheck
 STAMP := $(VENV)/.ambit-installed
 BENCH_APT_PACKAGES := iperf3 wrk nginx libnginx-mod-stream nghttp2-client
 BENCH_ARGS ?=
@@ -16,9 +19,12 @@ $(STAMP): pyproject.toml .ci/install-kube-tools
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; fi
+	@missing=""; for p in $(TOOL_APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[cli,test]'
 	@# kubectl >= 1.28 and helm >= 3 into $(VENV)/bin unless the machine has them (Debian has no helm, kubectl 1.20)
 	$(PY) .ci/install-kube-tools $(VENV)/bin
 	@touch $(STAMP)

@@ -391,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
         children.stop_all()
         if s.keep:
             say(f"sandbox kept: AMBIT_SANDBOX={s.sandbox} AMBIT_SANDBOX_INDEX={s.index} "
-                f"AMBIT_SANDBOX_DIR={topo.cfg.base_dir} {sys.executable} -m node_agent.cli down")
+                f"AMBIT_SANDBOX_DIR={topo.cfg.base_dir} {sys.executable} -m ambitctl.cli down")
         else:
             say(topo.down())
             shutil.rmtree(workdir, ignore_errors=True)

@@ -159,8 +159,8 @@ class Topology:
 
     # ---- the node agents ------------------------------------------------------------------
     def agent_pids(self) -> dict[str, int]:
-        """node name -> pid of that node's agent process (found by its CNI socket under our state dir)."""
-        marker = f"AMBIT_CNI_SOCKET={self.cfg.state_dir}/".encode()
+        """node name -> pid of that node's agent process (a ``node-agent`` whose pod talks to our API)."""
+        marker = f"KUBERNETES_SERVICE_HOST={self.cfg.host_ip}".encode()
         found: dict[str, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
@@ -172,7 +172,7 @@ class Topology:
                 env = (entry / "environ").read_bytes().split(b"\0")
             except OSError:
                 continue
-            if not any(e.startswith(marker) for e in env):
+            if marker not in env:
                 continue
             node = next((e.split(b"=", 1)[1].decode() for e in env if e.startswith(b"NODE_NAME=")), "")
             if node:

@@ -342,6 +342,49 @@ def run(
         stop.wait(interval)
 
 
+# ---- uninstall or upgrade? -----------------------------------------------------------------
+def daemonset_gone(*, namespace: str, name: str, read=None) -> bool:
+    """Is the agents' DaemonSet gone or being deleted (so this exit is an uninstall)?
+
+    As istio-cni decides it: the DaemonSet still there and not deleting means a rolling update or
+    a restart, and ambit-cni must stay chained (enrolled pods wait for the new agent instead of
+    starting unprotected). 404 means uninstalled; so do 401/403, since an uninstall removes the
+    agent's service account and RBAC, possibly before this pod stops. Any other failure (the API
+    unreachable) keeps the plugin: failing closed is the safe side. ``read(namespace, name)``
+    returns the DaemonSet's JSON (default: the in-cluster API).
+    """
+    from kubernetes.client.exceptions import ApiException
+
+    if read is None:
+        read = _read_daemonset
+    try:
+        ds = read(namespace, name)
+    except ApiException as exc:
+        if exc.status in (401, 403, 404):
+            log.info("DaemonSet %s/%s: HTTP %s; Ambit is being uninstalled", namespace, name, exc.status)
+            return True
+        log.warning("cannot read DaemonSet %s/%s (HTTP %s); keeping ambit-cni chained", namespace, name, exc.status)
+        return False
+    except Exception as exc:  # the API is unreachable: keep the plugin (fail closed)
+        log.warning("cannot read DaemonSet %s/%s (%s); keeping ambit-cni chained", namespace, name, exc)
+        return False
+    if (ds.get("metadata") or {}).get("deletionTimestamp"):
+        log.info("DaemonSet %s/%s is being deleted; Ambit is being uninstalled", namespace, name)
+        return True
+    log.info("DaemonSet %s/%s is still there (a restart or rolling update); keeping ambit-cni chained", namespace, name)
+    return False
+
+
+def _read_daemonset(namespace: str, name: str) -> dict:
+    from kubernetes import client, config
+
+    config.load_incluster_config()
+    api = client.ApiClient()
+    response = client.AppsV1Api(api).read_namespaced_daemon_set(name, namespace, _preload_content=False,
+                                                                 _request_timeout=5)
+    return json.loads(response.data)
+
+
 # ---- ambit cni-install ---------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     """``ambit cni-install``: install and keep installed until SIGTERM (or ``--once``)."""
@@ -370,6 +413,12 @@ def main(argv: list[str] | None = None) -> int:
         "--uninstall-on-exit",
         action="store_true",
         help="remove ambit-cni on SIGTERM (off by default: during an agent restart enrolled pods must wait, not start unprotected)",
+    )
+    parser.add_argument(
+        "--uninstall-if-daemonset-gone",
+        metavar="NAME",
+        help="on SIGTERM, remove ambit-cni only if DaemonSet NAME (in --agent-namespace) is gone or being deleted: "
+        "an uninstall, not a rolling update or a restart",
     )
     args = parser.parse_args(argv)
     if not logging.getLogger().handlers:
@@ -401,7 +450,10 @@ def main(argv: list[str] | None = None) -> int:
             stop=stop,
             interval=args.interval,
         )
-        if args.uninstall_on_exit:
+        if args.uninstall_on_exit or (
+            args.uninstall_if_daemonset_gone
+            and daemonset_gone(namespace=args.agent_namespace, name=args.uninstall_if_daemonset_gone)
+        ):
             uninstall(conf_dir=args.conf_dir, bin_dir=args.bin_dir)
         return 0
     except InstallError as exc:

@@ -299,12 +299,14 @@ class Agent:
         try:
             root_pem = await self._trust_bundle(stop)
             s = self.settings
+            services = SnapshotResolver(self.holder)
             ca = HttpsCaClient(url=s.identity.agent.ca_url, token_path=s.identity.agent.token_path,
-                               root_pem=root_pem, timeout=s.identity.agent.request_timeout)
+                               root_pem=root_pem, timeout=s.identity.agent.request_timeout,
+                               resolve=services.service_address)
             self.certs = CertificateManager(ca=ca, settings=s.identity.agent, trust_domain=s.trust_domain,
                                             trust_bundle_pem=root_pem)
             self.sockets = InpodSocketFactory(worker)
-            inputs = ProxyInputs(node_name=s.node_name, resolver=SnapshotResolver(self.holder), sockets=self.sockets,
+            inputs = ProxyInputs(node_name=s.node_name, resolver=services, sockets=self.sockets,
                                  tls=TlsContexts(certs=self.certs), settings=s.proxy,
                                  observer=MetricsObserver(self.metrics), registry=self.registry)
             self.captures = PodCaptures(inputs=inputs, worker=worker, sockets=self.sockets, records=self.records,

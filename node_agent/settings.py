@@ -15,6 +15,9 @@ from node_agent.identity.settings import IdentitySettings
 from node_agent.proxy.settings import ProxySettings
 
 
+REDIRECTION_MODES = ("iptables",)
+
+
 class SettingsError(ValueError):
     """a setting has a value the agent cannot use"""
 
@@ -43,10 +46,15 @@ class AgentSettings:
     """kubelet readiness: /healthz/ready"""
     cni_wait_for_pod: float = 5.0
     """seconds a CNI ADD waits for the pod to appear in the agent's watch before answering"""
+    redirection_mode: str = "iptables"
+    """in-pod redirection backend (the chart's ``redirection.mode``); only iptables is built"""
     identity: IdentitySettings = field(default_factory=IdentitySettings)
     proxy: ProxySettings = field(default_factory=ProxySettings)
 
     def __post_init__(self) -> None:
+        if self.redirection_mode not in REDIRECTION_MODES:
+            raise SettingsError(f"AMBIT_REDIRECTION_MODE={self.redirection_mode!r} is not a redirection backend this agent "
+                                f"has; use one of {', '.join(REDIRECTION_MODES)}")
         if not self.node_name:
             raise SettingsError("NODE_NAME is empty; set it from the downward API (fieldRef spec.nodeName)")
         for name in ("admin_port", "metrics_port", "health_port"):
@@ -100,6 +108,7 @@ class AgentSettings:
             metrics_port=port("AMBIT_METRICS_PORT", 15020),
             health_port=port("AMBIT_HEALTH_PORT", 15021),
             cni_wait_for_pod=seconds("AMBIT_CNI_WAIT_FOR_POD", 5.0),
+            redirection_mode=env.get("AMBIT_REDIRECTION_MODE", "iptables"),
             identity=identity,
             proxy=proxy,
         )

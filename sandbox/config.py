@@ -64,6 +64,11 @@ class SandboxConfig:
         return self.state_dir / "pki"
 
     @property
+    def values_path(self) -> Path:
+        """The values Ambit's chart is installed with on this sandbox (``ambit sandbox values``)."""
+        return self.state_dir / "ambit-values.yaml"
+
+    @property
     def kubeconfig_path(self) -> Path:
         return self.state_dir / "kubeconfig"
 

@@ -15,6 +15,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+import yaml
+
 from sandbox import procs
 from sandbox.config import SandboxConfig
 
@@ -32,7 +34,8 @@ def is_up(cfg: SandboxConfig) -> bool:
     return procs.pid_of(cfg, "apiserver") is not None
 
 
-def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
+def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True, value_files: list[str] = (),
+       set_values: list[str] = ()) -> None:
     from sandbox.api.pki import ensure_pki, write_kubeconfig
     from sandbox.node import cni as node_cni
     from sandbox.node import underlay
@@ -41,8 +44,12 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
 
     started = time.monotonic()
     _check_prerequisites()
+    values = _chart_values(cfg, value_files=value_files, set_values=set_values)
+    rendered = _render_chart(values) if mesh else None
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.state_dir.chmod(0o700)
+    cfg.values_path.write_text("# Ambit's chart values on this sandbox: ambit install -f <this file>, "
+                               "helm install -f <this file>\n" + yaml.safe_dump(values, sort_keys=False))
     ensure_pki(cfg)
     write_kubeconfig(cfg)
 
@@ -69,12 +76,16 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True) -> None:
     _wait_nodes_ready(cfg, api, timeout=30)
     _say(f"{cfg.nodes} nodes Ready")
 
-    if mesh:
+    if rendered is not None:
+        from ambitctl.errors import AmbitctlError
+        from ambitctl.install import install
         from sandbox import mesh as ambit_mesh
 
-        apply_objects(api, ambit_mesh.objects(cfg))
-        _wait_pods_ready(api, namespace=ambit_mesh.NAMESPACE, expected=cfg.nodes + 1, timeout=60)
-        _say(f"ambit installed: identity CA at {ambit_mesh.ca_cluster_ip(cfg)}:{ambit_mesh.CA_PORT}, "
+        try:
+            install(api, rendered, namespace=ambit_mesh.NAMESPACE, release="ambit", wait=90, say=log.info)
+        except AmbitctlError as exc:
+            raise SandboxError(f"installing Ambit's chart: {exc}") from exc
+        _say(f"ambit installed from its Helm chart: identity CA at {ambit_mesh.ca_cluster_ip(cfg)}, "
              f"a node agent and ambit-cni on each node")
     if demo:
         from sandbox.demo import manifests
@@ -114,6 +125,30 @@ def down(cfg: SandboxConfig) -> list[str]:
 
 
 # ---- helpers ---------------------------------------------------------------------------
+def _chart_values(cfg: SandboxConfig, *, value_files: list[str], set_values: list[str]) -> dict:
+    """The sandbox's values for Ambit's chart, then the user's ``-f`` files and ``--set``s."""
+    from ambitctl import chart
+    from ambitctl.errors import ChartError
+    from sandbox import mesh as ambit_mesh
+
+    try:
+        return chart.values(files=value_files, sets=set_values, base=ambit_mesh.values(cfg))
+    except ChartError as exc:
+        raise SandboxError(str(exc)) from exc
+
+
+def _render_chart(values: dict):
+    """A bad value stops ``up`` here, before anything is built."""
+    from ambitctl import chart
+    from ambitctl.errors import ChartError
+    from sandbox import mesh as ambit_mesh
+
+    try:
+        return chart.render(values, namespace=ambit_mesh.NAMESPACE)
+    except ChartError as exc:
+        raise SandboxError(str(exc)) from exc
+
+
 def _check_prerequisites() -> None:
     missing = [tool for tool in ("ip", "iptables", "iptables-restore", "nsenter") if shutil.which(tool) is None]
     if not Path("/usr/lib/cni/ptp").exists() and not Path("/opt/cni/bin/ptp").exists():

@@ -5,6 +5,11 @@ service-account token (re-read from its file on every request: the kubelet rotat
 the CA's serving certificate against the initial trust anchor (the mounted ``ambit-trust-bundle``).
 Refusals (4xx) become ``CaRefusedError`` with the CA's reason; everything else (connection, TLS,
 timeouts, 5xx) becomes ``CaUnavailableError``. Both are retried by the certificate manager.
+
+``resolve(host)`` (optional) answers a host name before DNS is asked: the agent passes its view of
+the cluster's Services, so ``ambit-identity.<ns>.svc`` reaches the CA's ClusterIP even where
+cluster DNS is down or absent (a hostNetwork agent should not depend on it). TLS still verifies
+the certificate against the name in the URL.
 """
 from __future__ import annotations
 
@@ -14,9 +19,10 @@ import ssl
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import aiohttp
+import aiohttp.abc
 
 from node_agent.identity.errors import CaClientError, CaRefusedError, CaUnavailableError
 from node_agent.identity.ca import CERTIFICATES_PATH
@@ -39,8 +45,30 @@ class CaClient(Protocol):
         ...
 
 
+class _FirstAskResolver(aiohttp.abc.AbstractResolver):
+    """``resolve(host)`` first, then the system's resolver."""
+
+    def __init__(self, resolve: Callable[[str], str | None]) -> None:
+        self._resolve = resolve
+        self._fallback = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: int = 0) -> list[dict[str, Any]]:
+        import socket
+
+        ip = self._resolve(host)
+        if ip is None:
+            return await self._fallback.resolve(host, port, family)
+        return [{"hostname": host, "host": ip, "port": port, "family": socket.AF_INET, "proto": 0,
+                 "flags": socket.AI_NUMERICHOST}]
+
+    async def close(self) -> None:
+        await self._fallback.close()
+
+
 class HttpsCaClient:
-    def __init__(self, *, url: str, token_path: Path, root_pem: str, timeout: float) -> None:
+    def __init__(self, *, url: str, token_path: Path, root_pem: str, timeout: float,
+                 resolve: Callable[[str], str | None] | None = None) -> None:
+        self._resolve = resolve
         self._url = url.rstrip("/") + CERTIFICATES_PATH
         self._token_path = token_path
         self._timeout = aiohttp.ClientTimeout(total=timeout)
@@ -62,7 +90,8 @@ class HttpsCaClient:
         token = self._read_token()
         body = {"csr": csr_pem.decode("ascii"), "ttl_seconds": max(1, int(ttl.total_seconds()))}
         if self._session is None:
-            self._session = aiohttp.ClientSession(timeout=self._timeout)
+            connector = aiohttp.TCPConnector(resolver=_FirstAskResolver(self._resolve)) if self._resolve else None
+            self._session = aiohttp.ClientSession(timeout=self._timeout, connector=connector)
         try:
             async with self._session.post(
                 self._url, json=body, headers={"Authorization": f"Bearer {token}"}, ssl=self._ssl

@@ -132,9 +132,32 @@ class KubeClusterApi:
 
 
 class KubeCaSecretStore:
-    def __init__(self, api_client: k8s.ApiClient, *, timeout: float) -> None:
+    """``owner_deployment``: the CA's own Deployment (in the namespace of the objects). The Secret and
+    ConfigMap the CA creates carry an ownerReference to it, so uninstalling Ambit (``helm uninstall``,
+    ``ambit uninstall``) garbage-collects the generated root with everything else."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, timeout: float, owner_deployment: str | None = None) -> None:
         self._core = k8s.CoreV1Api(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
         self._timeout = timeout
+        self._owner_deployment = owner_deployment
+
+    def _metadata(self, namespace: str, name: str) -> dict:
+        meta: dict = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "ambit"}}
+        if self._owner_deployment:
+            try:
+                owner = self._apps.read_namespaced_deployment(self._owner_deployment, namespace,
+                                                              _request_timeout=self._timeout)
+            except ApiException as exc:
+                raise ClusterApiError(
+                    f"reading the CA's Deployment {namespace}/{self._owner_deployment} (the owner of the objects "
+                    f"it creates) failed: HTTP {exc.status} {exc.reason}; may the CA's service account get it?"
+                ) from exc
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                raise ClusterApiError(f"reading Deployment {namespace}/{self._owner_deployment} failed: {exc}") from exc
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.metadata.name,
+                                        "uid": owner.metadata.uid}]
+        return meta
 
     async def read_secret(self, *, namespace: str, name: str) -> dict[str, bytes] | None:
         return await asyncio.to_thread(self._read_secret, namespace, name)
@@ -159,7 +182,7 @@ class KubeCaSecretStore:
         body = {
             "apiVersion": "v1",
             "kind": "Secret",
-            "metadata": {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "ambit"}},
+            "metadata": self._metadata(namespace, name),
             "type": "Opaque",
             "data": {k: base64.b64encode(v).decode("ascii") for k, v in data.items()},
         }
@@ -173,8 +196,7 @@ class KubeCaSecretStore:
             current = self._read_config_map(namespace, name)
             if current is None:
                 body = {"apiVersion": "v1", "kind": "ConfigMap",
-                        "metadata": {"name": name, "namespace": namespace,
-                                     "labels": {"app.kubernetes.io/part-of": "ambit"}},
+                        "metadata": self._metadata(namespace, name),
                         "data": data}
                 if self._create("ConfigMap", self._core.create_namespaced_config_map, namespace, body):
                     return

@@ -252,7 +252,8 @@ def main(settings: IdentitySettings, *, api_client: Any = None) -> int:
     async def serve() -> None:
         client = api_client if api_client is not None else _default_api_client()
         cluster = KubeClusterApi(client, timeout=settings.server.api_timeout)
-        store = KubeCaSecretStore(client, timeout=settings.server.api_timeout)
+        store = KubeCaSecretStore(client, timeout=settings.server.api_timeout,
+                                  owner_deployment=settings.ca.owner_deployment)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -39,6 +39,8 @@ class CaSettings:
     """Secret holding ca.crt, ca.key (PKCS8 PEM) and root-cert.pem; created on first start if missing"""
     trust_bundle_config_map: str = "ambit-trust-bundle"
     """ConfigMap publishing root-cert.pem for agents to mount as their initial trust anchor"""
+    owner_deployment: str | None = None
+    """the CA's Deployment; what the CA creates is owned by it and goes when Ambit is uninstalled"""
     root_ttl: timedelta = timedelta(days=3650)
     """lifetime of a self-signed root made on first start; long, because rotating it is a manual step"""
     workload_cert_ttl: timedelta = timedelta(hours=24)
@@ -112,7 +114,7 @@ class AgentSettings:
     """where the node agent asks for certificates; its host name must be in the CA's serving cert"""
     token_path: Path = Path("/var/run/secrets/ambit/tokens/ambit-identity")
     """projected service-account token (audience server.audience); re-read on every request as it rotates"""
-    root_cert_path: Path = Path("/var/run/ambit/trust/root-cert.pem")
+    root_cert_path: Path = Path("/var/run/secrets/ambit/trust/root-cert.pem")
     """initial trust anchor (the mounted ambit-trust-bundle ConfigMap) used to verify the CA's serving cert"""
     cert_ttl: timedelta = timedelta(hours=24)
     """lifetime to ask for; the CA may shorten it (never past its issuer's expiry)"""

@@ -20,6 +20,16 @@ class SnapshotResolver:
     def __init__(self, holder: SnapshotHolder) -> None:
         self._holder = holder
 
+    def service_address(self, host: str) -> str | None:
+        """The ClusterIP of a Service named ``<name>.<ns>.svc`` (optionally ``.<cluster domain>``), else None."""
+        parts = host.rstrip(".").split(".")
+        if len(parts) < 3 or parts[2] != "svc":
+            return None
+        svc = self._holder.current.services_by_name.get((parts[1], parts[0]))
+        if svc is None or svc.cluster_ip in ("", "None"):  # headless: no single address
+            return None
+        return svc.cluster_ip
+
     def workload_by_ip(self, ip: str) -> model.Workload | None:
         return self._holder.current.mesh_by_ip.get(ip)
 

@@ -89,6 +89,12 @@ RESOURCES: tuple[ResourceType, ...] = (
     ResourceType("apps", "v1", "DaemonSet", "daemonsets", ("ds",), subresources=_STATUS, columns=tables.DAEMONSET_COLUMNS, categories=_ALL),
     ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", (), columns=tables.ENDPOINTSLICE_COLUMNS, field_selectors=("addressType",)),
     ResourceType("coordination.k8s.io", "v1", "Lease", "leases", (), columns=tables.LEASE_COLUMNS),
+    # RBAC objects are stored and served (charts and kubectl apply them) but not enforced: any valid token may do anything
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", (), namespaced=False, columns=tables.GENERIC),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", (), namespaced=False, columns=tables.GENERIC),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles", (), columns=tables.GENERIC),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", (), columns=tables.GENERIC),
+    ResourceType("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", ("pc",), namespaced=False, columns=tables.GENERIC),
     ResourceType("authentication.k8s.io", "v1", "TokenReview", "tokenreviews", (), namespaced=False, columns=tables.GENERIC, verbs=("create",)),
     ResourceType("gateway.networking.k8s.io", "v1", "Gateway", "gateways", ("gtw",), subresources=_STATUS, columns=tables.GATEWAY_COLUMNS, categories=("gateway-api",)),
     ResourceType("gateway.networking.k8s.io", "v1", "HTTPRoute", "httproutes", (), subresources=_STATUS, columns=tables.HTTPROUTE_COLUMNS, categories=("gateway-api",)),

@@ -23,7 +23,7 @@ import pytest
 pytestmark = pytest.mark.root
 
 NAME, INDEX = "mesht", 3
-AMBIT = [sys.executable, "-m", "node_agent.cli"]
+AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 
 ECHO_SERVER = r"""
 import http.server, socketserver
@@ -272,7 +272,7 @@ def _set_agent_on(sb: Sandbox, node: str, on: bool) -> None:
 
 
 def _agent_running(sb: Sandbox, node: str) -> bool:
-    pods = sb.get("pods", "-n", "ambit-system", "-l", "app=ambit-node-agent")["items"]
+    pods = sb.get("pods", "-n", "ambit-system", "-l", "app.kubernetes.io/component=node-agent")["items"]
     return any(p["spec"].get("nodeName") == node and p["status"].get("phase") == "Running"
                and any(c["type"] == "Ready" and c["status"] == "True" for c in p["status"].get("conditions", []))
                for p in pods)
@@ -305,7 +305,7 @@ def test_ca_down_does_not_break_traffic(sb):
     _label(sb, True)
     sb.kubectl("scale", "deployment", "-n", "ambit-system", "ambit-identity", "--replicas=0")
     try:
-        _wait(lambda: not sb.get("pods", "-n", "ambit-system", "-l", "app=ambit-identity")["items"],
+        _wait(lambda: not sb.get("pods", "-n", "ambit-system", "-l", "app.kubernetes.io/component=identity")["items"],
               what="CA gone")
         out = _request(sb, "ca-down")
         assert out.returncode == 0 and "echo /ca-down" in out.stdout
@@ -382,3 +382,69 @@ def test_agent_crash_never_leaks_plaintext(sb, tmp_path):
     out = _wait(lambda: (r := _request(sb, "after-crash")).returncode == 0 and "echo" in r.stdout and r,
                 what="traffic restored after the crash")
     assert "after-crash" in out.stdout
+
+
+def _conflist_plugins(sb: Sandbox, node: str) -> list[str]:
+    conf_dir = sb.cfg.state_dir / "nodes" / node / "cni" / "net.d"
+    (conf,) = sorted(conf_dir.glob("*.conflist"))
+    return [p["type"] for p in json.loads(conf.read_text())["plugins"]]
+
+
+def _mtls_only(sb: Sandbox, tmp_path: Path, pod: str, name: str) -> None:
+    marker = f"{name}-{uuid.uuid4().hex}"
+    cap = Capture(sb, tmp_path / f"{name}.pcap")
+    out = sb.pod_exec(pod, "curl", "-s", "-m", "10", f"http://{_service_ip(sb)}:80/{marker}")
+    wire = cap.stop()
+    assert out.returncode == 0 and f"echo /{marker}" in out.stdout, out.stdout + out.stderr
+    assert marker.encode() not in wire, f"{pod}'s request crossed the underlay in plaintext"
+    assert TLS13_SERVER_HELLO in wire
+
+
+def test_uninstall_then_install_again(sb, tmp_path):
+    """ambit uninstall leaves no Ambit object and unchains ambit-cni (new pods start in plaintext);
+    ambit install brings mTLS back to the running pods without restarting them; a second install
+    changes nothing. Runs last: it reinstalls Ambit with the sandbox's values."""
+    _label(sb, True)
+    before = _restarts(sb)
+    kubeconfig = str(sb.cfg.kubeconfig_path)
+    out = sb.ambit("uninstall", "--kubeconfig", kubeconfig, timeout=180)
+    assert "Ambit is uninstalled" in out.stdout
+    assert "namespaces shop are still labelled" in out.stdout, out.stdout
+    assert sb.kubectl("get", "namespace", "ambit-system", check=False).returncode != 0
+    for kind in ("clusterroles", "clusterrolebindings"):
+        names = [i["metadata"]["name"] for i in sb.get(kind)["items"]]
+        assert not [n for n in names if n.startswith("ambit-")], names
+    for node in ("node-1", "node-2"):
+        assert _conflist_plugins(sb, node) == ["ptp", "portmap"], "ambit-cni is still chained on " + node
+
+    # new pods in the still-labelled namespace start, uncaptured (running ones stay as they were:
+    # captured, failing closed until Ambit is back)
+    for name, node, command in (("late", "node-1", ["sleep", "3600"]), ("late-server", "node-2", ["python3", "-c", ECHO_SERVER])):
+        late = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "shop"},
+                "spec": {"nodeName": node, "containers": [{"name": "c", "image": "none", "command": command}]}}
+        sb.kubectl("apply", "-f", "-", input=json.dumps(late))
+    sb.kubectl("wait", "-n", "shop", "--for=condition=Ready", "pod/late", "pod/late-server", "--timeout=60s")
+    late_server = sb.get("pod", "-n", "shop", "late-server")["status"]["podIP"]
+    marker = f"uninstalled-{uuid.uuid4().hex}"
+    cap = Capture(sb, tmp_path / "uninstalled.pcap")
+    out = _wait(lambda: (r := sb.pod_exec("late", "curl", "-s", "-m", "10", f"http://{late_server}:8080/{marker}"))
+                .returncode == 0 and r, what="the new server to answer")
+    wire = cap.stop()
+    assert out.returncode == 0 and marker in out.stdout, out.stdout + out.stderr
+    assert marker.encode() in wire, "without Ambit a new pod talks plaintext"
+
+    out = sb.ambit("install", "--kubeconfig", kubeconfig, "-f", str(sb.cfg.values_path), timeout=240)
+    assert "Ambit is installed" in out.stdout and "created" in out.stdout, out.stdout
+    for node in ("node-1", "node-2"):
+        assert _conflist_plugins(sb, node) == ["ptp", "portmap", "ambit-cni"]
+    _wait(lambda: _captured(sb, "node-1", "client") and _captured(sb, "node-1", "late")
+          and _captured(sb, "node-2", "server"), timeout=40, what="the new agents to capture the running pods")
+    _wait(lambda: _request(sb, "warm-up").returncode == 0, what="traffic through the new agents")
+    _mtls_only(sb, tmp_path, "client", "reinstalled")
+    _mtls_only(sb, tmp_path, "late", "late-reinstalled")
+    after = _restarts(sb)
+    assert {k: v for k, v in after.items() if not k.startswith("late")} == before, "reinstalling must not restart pods"
+
+    out = sb.ambit("install", "--kubeconfig", kubeconfig, "-f", str(sb.cfg.values_path), timeout=240)
+    assert re.search(r"\(\d+ unchanged\)", out.stdout) and "created" not in out.stdout \
+        and "configured" not in out.stdout, out.stdout

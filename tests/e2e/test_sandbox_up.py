@@ -9,7 +9,7 @@ import pytest
 
 pytestmark = pytest.mark.root
 
-AMBIT = [sys.executable, "-m", "node_agent.cli"]
+AMBIT = [sys.executable, "-m", "ambitctl.cli"]
 
 
 @pytest.fixture(scope="module")

@@ -291,6 +291,35 @@ def test_manager_gets_certificates_over_https_with_a_rotating_token(tmp_path):
     serve(scenario)
 
 
+def test_client_reaches_the_ca_by_service_name_without_dns(tmp_path):
+    """The agent's URL names the Service; its own view of Services answers, TLS checks the name."""
+    token_file = tmp_path / "token"
+    token_file.write_text("agent-token")
+
+    async def scenario(h):
+        port = int(h.url.rsplit(":", 1)[1])
+        asked: list[str] = []
+
+        def resolve(host: str) -> str | None:
+            asked.append(host)
+            return "127.0.0.1" if host == "ambit-identity.ambit-system.svc" else None
+
+        client = HttpsCaClient(url=f"https://ambit-identity.ambit-system.svc:{port}", token_path=token_file,
+                               root_pem=h.ca.roots_pem, timeout=5, resolve=resolve)
+        wrong = HttpsCaClient(url=f"https://localhost:{port}", token_path=token_file,
+                              root_pem=h.ca.roots_pem, timeout=5, resolve=resolve)
+        try:
+            signed = await client.request_certificate(csr_pem(WEB).encode(), ttl=timedelta(hours=1))
+            assert signed.chain_pem and asked == ["ambit-identity.ambit-system.svc"]
+            with pytest.raises(CaUnavailableError, match="does not verify"):  # localhost is not in its certificate
+                await wrong.request_certificate(csr_pem(WEB).encode(), ttl=timedelta(hours=1))
+        finally:
+            await client.close()
+            await wrong.close()
+
+    serve(scenario)
+
+
 def test_client_maps_refusals_and_outages(tmp_path):
     token_file = tmp_path / "token"
     token_file.write_text("web-token")

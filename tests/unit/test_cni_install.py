@@ -373,3 +373,36 @@ def test_any_config_file_loads_or_names_itself(data):
     if conflist is not None:
         assert conflist["plugins"][-1] == OURS
         assert sum(inst.is_ours(p) for p in conflist["plugins"]) == 1
+
+
+# ---- uninstall or rolling update? ----------------------------------------------------------
+def _reader(result):
+    from kubernetes.client.exceptions import ApiException
+
+    def read(namespace, name):
+        assert (namespace, name) == ("ambit-system", "ambit-node-agent")
+        if isinstance(result, int):
+            raise ApiException(status=result, reason="x")
+        if isinstance(result, Exception):
+            raise result
+        return result
+    return read
+
+
+@pytest.mark.parametrize(
+    ("answer", "gone"),
+    [
+        (404, True),
+        (403, True),
+        (401, True),
+        ({"metadata": {"name": "ambit-node-agent", "deletionTimestamp": "2026-12-07T00:00:00Z"}}, True),
+        ({"metadata": {"name": "ambit-node-agent"}}, False),
+        (500, False),
+        (ConnectionRefusedError("no API"), False),
+    ],
+    ids=["not-found", "rbac-gone", "sa-gone", "deleting", "still-there", "api-error", "api-unreachable"],
+)
+def test_uninstall_only_when_the_daemonset_is_gone(answer, gone):
+    from cni.install import daemonset_gone
+
+    assert daemonset_gone(namespace="ambit-system", name="ambit-node-agent", read=_reader(answer)) is gone

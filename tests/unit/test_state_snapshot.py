@@ -119,3 +119,29 @@ def test_resolver_routes(ip, port, expected):
         assert [(e.workload.ip, e.port, e.workload.enrolled) for e in route.endpoints] == endpoints
     if ip.startswith("10.220."):
         assert route.service is not None and route.service.vip == ip
+
+
+@pytest.mark.parametrize(
+    "host, expected",
+    [
+        ("ambit-identity.ambit-system.svc", "10.220.0.10"),
+        ("ambit-identity.ambit-system.svc.cluster.local", "10.220.0.10"),
+        ("ambit-identity.ambit-system.svc.cluster.local.", "10.220.0.10"),
+        ("headless.ambit-system.svc", None),
+        ("ambit-identity.other.svc", None),
+        ("ambit-identity.ambit-system", None),
+        ("example.org", None),
+    ],
+    ids=["svc", "fqdn", "trailing-dot", "headless", "other-namespace", "no-svc-label", "not-a-service"],
+)
+def test_service_names_resolve_to_their_cluster_ip(host, expected):
+    from node_agent.state.resolver import SnapshotResolver
+    from node_agent.state.snapshot import SnapshotHolder
+
+    services = [{"metadata": {"name": "ambit-identity", "namespace": "ambit-system"},
+                 "spec": {"clusterIP": "10.220.0.10", "ports": [{"name": "https", "port": 15012}]}},
+                {"metadata": {"name": "headless", "namespace": "ambit-system"},
+                 "spec": {"clusterIP": "None", "ports": [{"name": "https", "port": 15012}]}}]
+    snap = build(node="node-1", trust_domain="cluster.local", namespaces=[ns("ambit-system")], pods=[],
+                 services=services, endpoint_slices=[])
+    assert SnapshotResolver(SnapshotHolder(snap)).service_address(host) == expected

@@ -18,7 +18,7 @@ image="ambit.dev/ambit:$version"
 
 log "the ambit CLI from $src into /opt/ambit-cli"
 [ -x /opt/ambit-cli/bin/pip ] || python3 -m venv /opt/ambit-cli
-/opt/ambit-cli/bin/pip install --quiet --disable-pip-version-check "$src"
+/opt/ambit-cli/bin/pip install --quiet --disable-pip-version-check "${src}[cli]"
 # the same version number as last time: reinstall so this checkout's code is the one installed
 /opt/ambit-cli/bin/pip install --quiet --disable-pip-version-check --no-deps --force-reinstall "$src"
 

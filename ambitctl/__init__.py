@@ -1,0 +1,11 @@
+"""``ambit``, the user's command line. It talks to a cluster (the API, later the agents' admin
+endpoints and Prometheus) and imports no data-path module.
+
+- ``chart``: Ambit's Helm chart rendered with Helm's own engine (``helm_python``): values from
+  ``-f`` files and ``--set``, checked against ``values.schema.json`` before anything is applied
+- ``apply``: server-side apply of rendered objects, pruning by label, deletion in order, and
+  waiting for workloads the way ``helm --wait`` does
+- ``install``: ``ambit install`` and ``ambit uninstall``
+- ``cli``: the parser; other packages add commands through the ``ambit.commands`` entry point
+  (the sandbox's ``up``/``down``/``sandbox``), so nothing here imports them
+"""

@@ -1,0 +1,101 @@
+"""The ``ambit`` command line. Commands of other packages (the sandbox's ``up``, ``down`` and
+``sandbox``) register through the ``ambit.commands`` entry point, so this package imports none of
+them. Heavy modules are imported inside each command so ``ambit --help`` stays instant.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from importlib.metadata import entry_points
+
+from ambitctl.errors import AmbitctlError
+
+
+def _say(msg: str) -> None:
+    print(f"ambit: {msg}", flush=True)
+
+
+def cmd_install(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from ambitctl import chart
+
+    rendered = chart.render(chart.values(files=args.values, sets=args.set), chart=Path(args.chart),
+                            namespace=args.namespace, release=args.release)
+    if args.dry_run:
+        sys.stdout.write(rendered.yaml())
+        return 0
+    from ambitctl.apply import connect
+    from ambitctl.install import install
+
+    api = connect(kubeconfig=args.kubeconfig, context=args.context)
+    report = install(api, rendered, namespace=args.namespace, release=args.release,
+                     wait=None if args.no_wait else args.timeout, say=_say)
+    _say(f"Ambit is installed in namespace {args.namespace} ({report.summary()})")
+    if report.changed and rendered.notes:
+        print(rendered.notes.rstrip())
+    return 0
+
+
+def cmd_uninstall(args: argparse.Namespace) -> int:
+    from ambitctl.apply import connect
+    from ambitctl.install import uninstall
+
+    api = connect(kubeconfig=args.kubeconfig, context=args.context)
+    deleted = uninstall(api, namespace=args.namespace, release=args.release, timeout=args.timeout, say=_say)
+    _say(f"Ambit is uninstalled ({deleted} objects deleted)" if deleted else
+         f"nothing to uninstall: no Ambit object in namespace {args.namespace}")
+    return 0
+
+
+def _cluster_flags(p: argparse.ArgumentParser) -> None:
+    from ambitctl.chart import NAMESPACE, RELEASE
+
+    p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    p.add_argument("--context", help="kubeconfig context (default: the current one)")
+    p.add_argument("-n", "--namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
+    p.add_argument("--release", default=RELEASE, help="release name, as in helm (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=300, help="seconds to wait (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from ambitctl.chart import DEFAULT_CHART
+
+    p = argparse.ArgumentParser(prog="ambit", description="Ambit: an ambient service mesh for Kubernetes")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="cmd", required=True)
+
+    ins = sub.add_parser("install", help="install or upgrade Ambit from its Helm chart (server-side apply)")
+    _cluster_flags(ins)
+    ins.add_argument("-f", "--values", action="append", default=[], metavar="FILE",
+                     help="a values file (repeatable; later files win)")
+    ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                     help="a value, as helm --set (repeatable; wins over -f)")
+    ins.add_argument("--dry-run", action="store_true", help="print the rendered YAML and apply nothing")
+    ins.add_argument("--no-wait", action="store_true", help="do not wait for the CA and the agents to be ready")
+    ins.add_argument("--chart", default=str(DEFAULT_CHART), help="the chart directory (default: this checkout's)")
+    ins.set_defaults(func=cmd_install)
+
+    uni = sub.add_parser("uninstall", help="remove every Ambit object and unchain ambit-cni from every node")
+    _cluster_flags(uni)
+    uni.set_defaults(func=cmd_uninstall)
+
+    for ep in entry_points(group="ambit.commands"):
+        ep.load()(sub)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except AmbitctlError as exc:
+        print(f"ambit: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""``ambit install`` and ``ambit uninstall``: the chart, applied the way ``helm install`` would
+leave the cluster, from one command.
+
+install:   render (values checked by the chart's schema: a bad value stops here, nothing applied)
+           -> namespace (created and marked when absent) -> server-side apply of every object in
+           Helm's order -> prune what this release labelled and the rendering no longer has
+           -> wait until the identity CA and every node agent are ready.
+uninstall: delete the workloads first and wait until the agents' pods are gone (each agent's CNI
+           installer unchains ambit-cni from its node as it sees its DaemonSet gone), then every
+           other object of Ambit's, then the namespace if ``ambit install`` created it.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Callable
+
+from ambitctl import apply as kube
+from ambitctl.chart import INSTALL_ORDER, Rendered
+from ambitctl.errors import ClusterError
+
+CREATED_BY = "ambit.dev/created-by"
+"""annotation on a namespace ``ambit install`` created, so ``ambit uninstall`` removes it again"""
+WORKLOAD_KINDS = ("DaemonSet", "Deployment")
+ENROL_LABEL = "ambit.dev/dataplane-mode"
+
+
+def release_selector(release: str) -> str:
+    return f"app.kubernetes.io/part-of=ambit,app.kubernetes.io/instance={release}"
+
+
+@dataclass
+class InstallReport:
+    counts: Counter = field(default_factory=Counter)
+    lines: list[str] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(self.counts[k] for k in ("created", "configured", "pruned"))
+
+    def summary(self) -> str:
+        parts = [f"{self.counts[k]} {k}" for k in ("created", "configured", "unchanged", "pruned") if self.counts[k]]
+        return ", ".join(parts) or "nothing to do"
+
+
+def install(api_client, rendered: Rendered, *, namespace: str, release: str, wait: float | None,
+            say: Callable[[str], None]) -> InstallReport:
+    applier = kube.Applier(api_client)
+    report = InstallReport()
+
+    ns_ref = kube.Ref("v1", "Namespace", None, namespace)
+    if applier.get(ns_ref) is None:
+        applier.apply({"apiVersion": "v1", "kind": "Namespace",
+                       "metadata": {"name": namespace, "labels": {"app.kubernetes.io/part-of": "ambit"},
+                                    "annotations": {CREATED_BY: "ambit-install"}}})
+        report.counts["created"] += 1
+        say(f"created Namespace {namespace}")
+
+    for m in rendered.manifests:
+        outcome = applier.apply(m.obj)
+        report.counts[outcome] += 1
+        if outcome != "unchanged":
+            say(f"{outcome} {m.describe()}")
+
+    keep = set(kube.manifest_refs(rendered.manifests))
+    for ref in applier.owned(release_selector(release), namespace=namespace):
+        if ref not in keep and applier.delete(ref):
+            report.counts["pruned"] += 1
+            say(f"pruned {ref} (no longer in the chart)")
+
+    if wait:
+        workloads = [r for r in keep if r.kind in WORKLOAD_KINDS]
+        say(f"waiting up to {wait:.0f}s for {', '.join(map(str, workloads))} to be ready")
+        applier.wait(workloads, check=kube.ready, timeout=wait, what="Ambit is not ready")
+    return report
+
+
+def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: Callable[[str], None]) -> int:
+    """Remove every object of Ambit's; returns how many were deleted."""
+    applier = kube.Applier(api_client)
+    # Ambit's namespaced objects include what the CA made (labelled part-of=ambit, no release label)
+    refs = [r for r in applier.owned("app.kubernetes.io/part-of=ambit", namespace=namespace) if r.namespace]
+    refs += [r for r in applier.owned(release_selector(release), namespace=namespace) if r.namespace is None]
+    rank = {kind: i for i, kind in enumerate(INSTALL_ORDER)}
+    refs.sort(key=lambda r: (r.kind not in WORKLOAD_KINDS, -rank.get(r.kind, len(rank))))
+    deleted = 0
+    workloads = [r for r in refs if r.kind in WORKLOAD_KINDS]
+    for ref in workloads:
+        if applier.delete(ref):
+            deleted += 1
+            say(f"deleted {ref}")
+    if workloads:
+        say("waiting for the node agents to stop (each unchains ambit-cni from its node's CNI config)")
+        _wait_pods_gone(applier, namespace=namespace, release=release, timeout=timeout)
+    for ref in refs:
+        if ref.kind not in WORKLOAD_KINDS and applier.delete(ref):
+            deleted += 1
+            say(f"deleted {ref}")
+    applier.wait(refs, check=kube.gone, timeout=timeout, what="objects still exist")
+
+    ns_ref = kube.Ref("v1", "Namespace", None, namespace)
+    ns = applier.get(ns_ref)
+    if ns is not None and (ns["metadata"].get("annotations") or {}).get(CREATED_BY) == "ambit-install":
+        applier.delete(ns_ref)
+        applier.wait([ns_ref], check=kube.gone, timeout=timeout, what=f"namespace {namespace} is still terminating")
+        deleted += 1
+        say(f"deleted Namespace {namespace} (ambit install had created it)")
+    enrolled = [n["metadata"]["name"] for n in applier.list("v1", "Namespace", selector=f"{ENROL_LABEL}=ambient")]
+    if deleted and enrolled:
+        say(f"warning: namespaces {', '.join(enrolled)} are still labelled {ENROL_LABEL}=ambient: their running "
+            "pods keep their redirection and fail closed until Ambit is installed again or they restart; "
+            f"new pods start without Ambit. Unlabel them with `kubectl label namespace NS {ENROL_LABEL}-`")
+    return deleted
+
+
+def _wait_pods_gone(applier: kube.Applier, *, namespace: str, release: str, timeout: float) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        pods = applier.list("v1", "Pod", namespace=namespace, selector=release_selector(release))
+        if not pods:
+            return
+        if time.monotonic() >= deadline:
+            names = ", ".join(p["metadata"]["name"] for p in pods)
+            raise ClusterError(f"pods {names} in {namespace} did not stop within {timeout:.0f}s; "
+                               f"check `kubectl get pods -n {namespace}`")
+        time.sleep(0.5)
