@@ -54,22 +54,20 @@ def cmd_down(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_kubeconfig(args: argparse.Namespace) -> int:
-    cfg = _sandbox_cfg()
-    if not cfg.kubeconfig_path.exists():
-        print(f"ambit: no sandbox kubeconfig at {cfg.kubeconfig_path}; run `ambit up` first", file=sys.stderr)
+def _print_path(path, what: str) -> int:
+    if not path.exists():
+        print(f"ambit: no sandbox {what} at {path}; run `ambit up` first", file=sys.stderr)
         return 1
-    print(cfg.kubeconfig_path)
+    print(path)
     return 0
+
+
+def cmd_kubeconfig(args: argparse.Namespace) -> int:
+    return _print_path(_sandbox_cfg().kubeconfig_path, "kubeconfig")
 
 
 def cmd_values(args: argparse.Namespace) -> int:
-    cfg = _sandbox_cfg()
-    if not cfg.values_path.exists():
-        print(f"ambit: no sandbox values at {cfg.values_path}; run `ambit up` first", file=sys.stderr)
-        return 1
-    print(cfg.values_path)
-    return 0
+    return _print_path(_sandbox_cfg().values_path, "values")
 
 
 def _find_pod(cfg, ref: str):

@@ -145,18 +145,16 @@ class KubeCaSecretStore:
     def _metadata(self, namespace: str, name: str) -> dict:
         meta: dict = {"name": name, "namespace": namespace, "labels": {"app.kubernetes.io/part-of": "ambit"}}
         if self._owner_deployment:
-            try:
-                owner = self._apps.read_namespaced_deployment(self._owner_deployment, namespace,
-                                                              _request_timeout=self._timeout)
-            except ApiException as exc:
-                raise ClusterApiError(
-                    f"reading the CA's Deployment {namespace}/{self._owner_deployment} (the owner of the objects "
-                    f"it creates) failed: HTTP {exc.status} {exc.reason}; may the CA's service account get it?"
-                ) from exc
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise ClusterApiError(f"reading Deployment {namespace}/{self._owner_deployment} failed: {exc}") from exc
-            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": owner.metadata.name,
-                                        "uid": owner.metadata.uid}]
+            owner = self._read("deployment", self._apps.read_namespaced_deployment, namespace, self._owner_deployment)
+            if owner is None:
+                raise ClusterApiError(f"the CA's Deployment {namespace}/{self._owner_deployment}, the owner of what it "
+                                      "creates, does not exist; is --owner-deployment its name?")
+            owner_meta = owner["metadata"]
+            meta["ownerReferences"] = [{"apiVersion": "apps/v1", "kind": "Deployment", "name": owner_meta["name"],
+                                        "uid": owner_meta["uid"]}]
+            # the owner's chart labels too: `kubectl get -l app.kubernetes.io/instance=ambit` shows them
+            meta["labels"].update({k: v for k, v in (owner_meta.get("labels") or {}).items()
+                                   if k.startswith(("app.kubernetes.io/", "helm.sh/"))})
         return meta
 
     async def read_secret(self, *, namespace: str, name: str) -> dict[str, bytes] | None:

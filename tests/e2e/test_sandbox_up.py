@@ -35,6 +35,27 @@ def kubectl(env, *args, check=True):
     return out
 
 
+def test_ambit_is_installed_from_its_chart(sandbox):
+    """make demo installs Ambit through the Helm chart: every object of Ambit's carries its labels."""
+    kinds = "all,serviceaccounts,secrets,configmaps,roles,rolebindings,endpointslices"
+    items = json.loads(kubectl(sandbox, "get", kinds, "-n", "ambit-system", "-o", "json").stdout)["items"]
+    ours = [o for o in items if o["metadata"]["name"] not in ("default", "kube-root-ca.crt")]
+    assert {o["kind"] for o in ours} >= {"DaemonSet", "Deployment", "Pod", "Service", "Secret", "ConfigMap"}
+    unlabelled = [f"{o['kind']}/{o['metadata']['name']}" for o in ours
+                  if "helm.sh/chart" not in (o["metadata"].get("labels") or {})]
+    assert not unlabelled, unlabelled
+
+
+def test_a_bad_chart_value_stops_up_before_anything_is_built(tmp_path):
+    env = dict(os.environ, AMBIT_SANDBOX="badv", AMBIT_SANDBOX_INDEX="4", AMBIT_SANDBOX_DIR=str(tmp_path))
+    up = subprocess.run([*AMBIT, "up", "--nodes", "1", "--set", "agent.logLevel=loud"], env=env,
+                        capture_output=True, text=True, timeout=60)
+    assert up.returncode == 1
+    assert "/agent/logLevel': value must be one of" in up.stderr and "partly up" not in up.stderr, up.stderr
+    assert not (tmp_path / "badv").exists()
+    assert "badv" not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+
+
 def test_demo_pods_run_on_both_nodes_with_ips(sandbox):
     table = kubectl(sandbox, "get", "pods", "-A", "-o", "wide").stdout
     rows = [line.split() for line in table.splitlines()[1:]]

@@ -12,19 +12,9 @@ import pytest
 from kubernetes import client, config, watch
 from kubernetes.client.rest import ApiException
 
-from sandbox.api.process import ApiProcess
-from sandbox.config import SandboxConfig
 
 
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    cfg = SandboxConfig(name="apit", index=7, base_dir=tmp_path_factory.mktemp("sandbox"))
-    proc = ApiProcess(cfg)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
+SANDBOX = ("apit", 7)  # the api fixture: tests/integration/conftest.py
 
 
 @pytest.fixture(scope="module")

@@ -6,62 +6,17 @@ tests/e2e/test_helm.py."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import textwrap
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from sandbox.api.process import ApiProcess
-from sandbox.config import SandboxConfig
-from sandbox.controllers.manager import ControllerManager
 
-HELM = shutil.which("helm")
-KUBECTL = shutil.which("kubectl")
-assert HELM, "helm is not installed; `make deps` installs it (these tests never skip)"
-assert KUBECTL, "kubectl is not installed; `make deps` installs it (these tests never skip)"
+SANDBOX = ("helmt", 6)  # the api, cfg (with controllers), helm and kubectl fixtures: tests/integration/conftest.py
+pytestmark = pytest.mark.usefixtures("cfg")
 CHART = Path(__file__).resolve().parents[1] / "charts" / "tiny"
 RELEASE_KINDS = ("deployments", "replicasets", "daemonsets", "pods", "services", "endpointslices", "configmaps", "secrets")
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    cfg = SandboxConfig(name="helmt", index=6, base_dir=tmp_path_factory.mktemp("sandbox"))
-    with ApiProcess(cfg):
-        stop = threading.Event()
-        manager = ControllerManager.for_sandbox(cfg)
-        manager.start(stop)
-        try:
-            assert manager.ready.wait(10), "the controller manager's caches never synced"
-            yield cfg
-        finally:
-            stop.set()
-            manager.join()
-
-
-def _runner(tool: str, cfg: SandboxConfig, home: Path):
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run([tool, "--kubeconfig", str(cfg.kubeconfig_path), *args], input=stdin,
-                             capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)})
-        if check and res.returncode != 0:
-            raise AssertionError(f"{Path(tool).name} {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        return res
-
-    return run
-
-
-@pytest.fixture
-def helm(cfg, tmp_path):
-    return _runner(HELM or "helm", cfg, tmp_path)
-
-
-@pytest.fixture
-def kubectl(cfg, tmp_path):
-    return _runner(KUBECTL or "kubectl", cfg, tmp_path)
 
 
 def items(kubectl, what: str, namespace: str, *selector: str) -> list[dict]:

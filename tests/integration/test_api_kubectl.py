@@ -10,39 +10,10 @@ import subprocess
 import textwrap
 import time
 
-import pytest
 
-from sandbox.api.process import ApiProcess
-from sandbox.config import SandboxConfig
 
 KUBECTL = shutil.which("kubectl")
-assert KUBECTL, "kubectl is not installed; `make deps` installs it (these tests never skip)"
-
-
-@pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    cfg = SandboxConfig(name="apit", index=7, base_dir=tmp_path_factory.mktemp("sandbox"))
-    proc = ApiProcess(cfg)
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-
-
-@pytest.fixture
-def kubectl(api, tmp_path):
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [KUBECTL or "kubectl", "--kubeconfig", str(api.kubeconfig), *args],
-            input=stdin, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        return res
-
-    return run
+SANDBOX = ("apit", 7)  # the api and kubectl fixtures: tests/integration/conftest.py
 
 
 APP = textwrap.dedent("""

@@ -3,51 +3,14 @@ who deletes a namespace, or a file that holds one, types and sees."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import textwrap
-import threading
 import time
 
 import pytest
 
-from sandbox.api.process import ApiProcess
-from sandbox.config import SandboxConfig
-from sandbox.controllers.manager import ControllerManager
 
-KUBECTL = shutil.which("kubectl")
-assert KUBECTL, "kubectl is not installed; `make deps` installs it (these tests never skip)"
-
-
-@pytest.fixture(scope="module")
-def cfg(tmp_path_factory):
-    cfg = SandboxConfig(name="nsct", index=5, base_dir=tmp_path_factory.mktemp("sandbox"))
-    with ApiProcess(cfg):
-        stop = threading.Event()
-        manager = ControllerManager.for_sandbox(cfg)
-        manager.start(stop)
-        try:
-            assert manager.ready.wait(10), "the controller manager's caches never synced"
-            yield cfg
-        finally:
-            stop.set()
-            manager.join()
-
-
-@pytest.fixture
-def kubectl(cfg, tmp_path):
-    def run(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        res = subprocess.run(
-            [KUBECTL or "kubectl", "--kubeconfig", str(cfg.kubeconfig_path), *args],
-            input=stdin, capture_output=True, text=True, timeout=60,
-            env={**os.environ, "HOME": str(tmp_path)},
-        )
-        if check and res.returncode != 0:
-            raise AssertionError(f"kubectl {' '.join(args)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        return res
-
-    return run
+SANDBOX = ("nsct", 5)  # the api, cfg (with controllers) and kubectl fixtures: tests/integration/conftest.py
+pytestmark = pytest.mark.usefixtures("cfg")
 
 
 def app(namespace: str) -> str:

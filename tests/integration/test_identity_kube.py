@@ -42,7 +42,8 @@ class FakeApi:
                 "user": {"username": "system:serviceaccount:ambit-system:ambit-node-agent", "uid": "u1",
                          "extra": {"authentication.kubernetes.io/pod-name": ["agent-1"],
                                    "authentication.kubernetes.io/pod-uid": ["uid-a1"]}}}}
-        m = re.fullmatch(r"/api/v1/namespaces/([^/]+)/(pods|secrets|configmaps)(?:/([^/]+))?", path)
+        m = re.fullmatch(r"/apis?/(?:v1|apps/v1)/namespaces/([^/]+)/(pods|secrets|configmaps|deployments)(?:/([^/]+))?",
+                         path)
         if not m:
             return 404, {"kind": "Status", "code": 404}
         ns, kind, name = m.groups()
@@ -195,6 +196,32 @@ def test_bootstrap_through_the_api_creates_secret_and_config_map(api):
     assert base64.b64decode(secret["data"]["ca.key"]).startswith(b"-----BEGIN PRIVATE KEY-----")
     assert api.objects[("configmaps", "ambit-system", "ambit-trust-bundle")]["data"] == {"root-cert.pem": ca.roots_pem}
     assert again.roots == ca.roots
+
+
+def test_what_the_ca_creates_is_owned_by_its_deployment(api):
+    """So that uninstalling Ambit (helm or ambit uninstall) garbage-collects the generated root."""
+    api.objects[("deployments", "ambit-system", "ambit-identity")] = {
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "ambit-identity", "namespace": "ambit-system", "uid": "uid-deploy",
+                     "labels": {"helm.sh/chart": "ambit-0.1.0", "app.kubernetes.io/instance": "ambit", "team": "x"}}}
+    store = KubeCaSecretStore(api.client, timeout=5, owner_deployment="ambit-identity")
+    settings = IdentitySettings()
+
+    async def go():
+        ca = await load_or_create_ca(store, settings=settings, clock=SystemClock())
+        await publish_trust_bundle(store, ca, settings=settings)
+
+    asyncio.run(go())
+    for key in (("secrets", "ambit-system", "ambit-ca"), ("configmaps", "ambit-system", "ambit-trust-bundle")):
+        meta = api.objects[key]["metadata"]
+        assert meta["ownerReferences"] == [{"apiVersion": "apps/v1", "kind": "Deployment", "name": "ambit-identity",
+                                            "uid": "uid-deploy"}]
+        assert meta["labels"] == {"app.kubernetes.io/part-of": "ambit", "helm.sh/chart": "ambit-0.1.0",
+                                  "app.kubernetes.io/instance": "ambit"}
+    missing = KubeCaSecretStore(api.client, timeout=5, owner_deployment="renamed")
+    del api.objects[("secrets", "ambit-system", "ambit-ca")]
+    with pytest.raises(ClusterApiError, match="ambit-system/renamed, the owner of what it creates, does not exist"):
+        asyncio.run(load_or_create_ca(missing, settings=settings, clock=SystemClock()))
 
 
 def test_create_race_and_config_map_update(api):

@@ -13,7 +13,6 @@ import ssl
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-import pytest
 import uvloop
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization

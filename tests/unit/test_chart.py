@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import re
-from pathlib import Path
 
 import helm_python
 import kubernetes_validate
