@@ -117,8 +117,10 @@ class Applier:
         rv = after.metadata.resourceVersion
         return "unchanged" if rv == before["metadata"].get("resourceVersion") else "configured"
 
-    def owned(self, selector: str, *, namespace: str) -> list[Ref]:
-        """Every object of the chart's kinds carrying ``selector``: namespaced ones in ``namespace``."""
+    def owned(self, selector: str, *, namespace: str, with_owner: bool = True) -> list[Ref]:
+        """Every object of the chart's kinds carrying ``selector``: namespaced ones in ``namespace``.
+        ``with_owner=False`` leaves out objects with an ownerReference: they belong to their owner
+        (e.g. the root the CA generated), which the garbage collector removes them with."""
         found: list[Ref] = []
         for api_version, kind in PRUNE_KINDS:
             res = self._resource(api_version, kind)
@@ -126,7 +128,8 @@ class Applier:
             items = self._call(f"listing {kind}", res.get, namespace=ns, label_selector=selector).to_dict()
             for item in items.get("items") or []:
                 meta = item["metadata"]
-                found.append(Ref(api_version, kind, meta.get("namespace"), meta["name"]))
+                if with_owner or not meta.get("ownerReferences"):
+                    found.append(Ref(api_version, kind, meta.get("namespace"), meta["name"]))
         return found
 
     def delete(self, ref: Ref) -> bool:

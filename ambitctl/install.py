@@ -63,7 +63,7 @@ def install(api_client, rendered: Rendered, *, namespace: str, release: str, wai
             say(f"{outcome} {m.describe()}")
 
     keep = set(kube.manifest_refs(rendered.manifests))
-    for ref in applier.owned(release_selector(release), namespace=namespace):
+    for ref in applier.owned(release_selector(release), namespace=namespace, with_owner=False):
         if ref not in keep and applier.delete(ref):
             report.counts["pruned"] += 1
             say(f"pruned {ref} (no longer in the chart)")

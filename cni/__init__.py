@@ -4,7 +4,8 @@
 - ``spec``: the CNI side, pure: stdin config, ``CNI_*`` environment, results and error codes
 - ``protocol``: the versioned, length-prefixed JSON messages between plugin and node agent (pure)
 - ``agent_client``: the plugin's blocking unix-socket client, one request per connection
-- ``install``: the DaemonSet's installer: writes the executable, patches the primary conflist
+- ``install``: the DaemonSet's installer: writes the executable, patches the primary conflist, and
+  unchains it again when its DaemonSet is gone (an uninstall, not a rolling update)
 
 Everything the plugin imports is standard library and cheap (it starts once per pod sandbox);
 nothing here imports ``node_agent``.

@@ -6,26 +6,24 @@ Start-up order (readiness is reported only at the end):
    certificate manager;
 3. first complete list -> first snapshot -> reconcile: pods enrolled earlier are found again
    (CNI records, then a scan by IP) and captured before we say ready;
-4. the CNI socket, then admin (localhost:15000), metrics (:15020) and health (:15021).
+4. the CNI socket; the endpoints (``admin``: localhost:15000, metrics :15020, health :15021) are up
+   from step 2 on, reporting not ready until here.
 Afterwards one task is the only writer: every change marks the state dirty; the writer rebuilds
 the snapshot, publishes it, and reconciles captures (enrol/unenrol live, no pod restarts).
 """
 from __future__ import annotations
 
 import asyncio
-import functools
-import json
 import logging
 import os
 import signal
 import threading
 import time
 
-from aiohttp import web
 from kubernetes import client as k8s
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from cni.protocol import CniRequest, CniResponse
+from node_agent import admin
 from node_agent.discovery.client import KubeConfigError, load_api_client
 from node_agent.discovery.reflector import Reflector
 from node_agent.identity.client import HttpsCaClient
@@ -236,55 +234,9 @@ class Agent:
 
     # ---- admin ----------------------------------------------------------------------------
     async def config_dump(self) -> dict:
-        snap = self.holder.current
         redirection = await asyncio.to_thread(self.captures.dump)
-        return {
-            "node": snap.node,
-            "trust_domain": snap.trust_domain,
-            "snapshot_version": snap.version,
-            "ready": self.ready,
-            "workloads": [
-                {"uid": w.uid, "namespace": w.namespace, "pod": w.pod, "workload": w.workload, "ip": w.ip,
-                 "node": w.node, "service_account": w.service_account, "identity": w.identity,
-                 "enrolled": w.enrolled, "phase": w.phase}
-                for w in sorted(snap.workloads_by_uid.values(), key=lambda x: (x.namespace, x.pod))
-            ],
-            "services": [
-                {"name": s.name, "namespace": s.namespace, "cluster_ip": s.cluster_ip,
-                 "ports": [{"port": p.port, "target_port": p.target_port, "name": p.name} for p in s.ports],
-                 "endpoints": [{"ip": e.ip, "ready": e.ready, "node": e.node, "ports": dict(e.ports)}
-                               for e in s.endpoints]}
-                for s in sorted(snap.services_by_name.values(), key=lambda x: (x.namespace, x.name))
-            ],
-            "certificates": self.certs.snapshot(),
-            "redirection": redirection,
-            "connections": self.registry.dump(),
-        }
-
-    def _apps(self) -> list[tuple[web.Application, str, int]]:
-        s = self.settings
-
-        async def dump(request: web.Request) -> web.Response:
-            return web.json_response(await self.config_dump(), dumps=functools.partial(json.dumps, indent=2, default=str))
-
-        async def metrics(request: web.Request) -> web.Response:
-            return web.Response(body=generate_latest(self.metrics.registry),
-                                headers={"Content-Type": CONTENT_TYPE_LATEST})
-
-        async def ready(request: web.Request) -> web.Response:
-            if self.ready:
-                return web.Response(text="ready\n")
-            return web.Response(status=503, text="not ready: waiting for the first list and reconcile\n")
-
-        admin = web.Application()
-        admin.router.add_get("/config_dump", dump)
-        admin.router.add_get("/healthz/ready", ready)
-        prom = web.Application()
-        prom.router.add_get("/metrics", metrics)
-        health = web.Application()
-        health.router.add_get("/healthz/ready", ready)
-        return [(admin, s.admin_address, s.admin_port), (prom, s.metrics_address, s.metrics_port),
-                (health, s.metrics_address, s.health_port)]
+        return admin.config_dump(self.holder.current, ready=self.ready, certificates=self.certs.snapshot(),
+                                 redirection=redirection, connections=self.registry.dump())
 
     # ---- run ------------------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -292,7 +244,7 @@ class Agent:
         threads_stop = threading.Event()  # the reflectors are threads
         for r in self.reflectors.values():
             r.start(threads_stop)
-        runners: list[web.AppRunner] = []
+        runners: list = []  # admin.serve's, cleaned up on the way out
         worker = NetnsWorker()
         cni_server = None
         writer = None
@@ -311,11 +263,8 @@ class Agent:
                                  observer=MetricsObserver(self.metrics), registry=self.registry)
             self.captures = PodCaptures(inputs=inputs, worker=worker, sockets=self.sockets, records=self.records,
                                         certs=self.certs)
-            for app, host, port in self._apps():
-                runner = web.AppRunner(app, access_log=None)
-                await runner.setup()
-                await web.TCPSite(runner, host, port, reuse_address=True).start()
-                runners.append(runner)
+            runners = await admin.serve(s, dump=self.config_dump, is_ready=lambda: self.ready,
+                                        registry=self.metrics.registry)
             while not all(r.synced.is_set() for r in self.reflectors.values()):
                 if stop.is_set():
                     return

@@ -6,5 +6,7 @@
 - ``node/``: network namespaces as nodes and pods, a kubelet that runs pods through real CNI plugins,
   and kube-proxy-style ClusterIP routing
 - ``demo/``: the emojivoto-like demo application
-- ``up``: ``ambit up``/``ambit down`` orchestration
+- ``up``: ``ambit up``/``ambit down`` orchestration; ``mesh``: the values Ambit's Helm chart is
+  installed with here
+- ``cli``: the sandbox's commands, added to ``ambit`` through the ``ambit.commands`` entry point
 """

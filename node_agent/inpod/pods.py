@@ -28,7 +28,6 @@ from node_agent.inpod import redirect_iptables
 from node_agent.inpod.errors import InpodError
 from node_agent.inpod.netns import NetnsWorker, PodNetns
 from node_agent.inpod.sockets import InpodSocketFactory
-from node_agent.inpod.sockopt import original_dst
 from node_agent.proxy import model
 from node_agent.proxy.listener import ProxyInputs
 from node_agent.proxy.pod import PodProxy
@@ -120,13 +119,6 @@ class _Captured:
         self.identity = identity
 
 
-def _original_dst(sock):
-    dst = original_dst(sock)
-    if dst is None:
-        raise OSError("no original destination (the connection was not redirected)")
-    return dst
-
-
 class PodCaptures:
     def __init__(
         self,
@@ -177,7 +169,7 @@ class PodCaptures:
                                    ("0.0.0.0", self._inputs.settings.tunnel_port)):
                     sockets.append(await self._worker.listen(ns, host=host, port=port))
                 proxy = PodProxy(inputs=self._inputs, workload=workload, netns=ns, outbound=sockets[0],
-                                 inbound_plaintext=sockets[1], inbound=sockets[2], original_dst=_original_dst)
+                                 inbound_plaintext=sockets[1], inbound=sockets[2])
                 await proxy.start()
                 self._sockets.add_local(workload.uid, ns)
                 self._certs.ensure(workload.identity, holder=workload.uid)

@@ -4,13 +4,15 @@
   network namespace with SO_MARK 0x539 so redirection skips it).
 - ``HostSocketFactory`` connects from the agent's own namespace: loopback tests, and any setup
   where no namespace switch is needed.
-- ``so_original_dst`` reads the pre-REDIRECT destination (``SO_ORIGINAL_DST``, IPv4 and IPv6).
+- ``original_dst``/``so_original_dst`` read the pre-REDIRECT destination (``SO_ORIGINAL_DST``, IPv4
+  and IPv6): the one place the agent asks conntrack.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
 import socket
-import struct
+import sys
 from collections.abc import Callable
 from typing import Protocol, TypeAlias
 
@@ -19,8 +21,10 @@ from node_agent.proxy.model import Workload, WorkloadUid
 NetnsHandle: TypeAlias = object
 """Opaque handle of a pod's network namespace; only the SocketFactory looks inside."""
 
-SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h; IP6T_SO_ORIGINAL_DST has the same value
+SO_ORIGINAL_DST = 80  # linux/netfilter_ipv4.h (SOL_IP); IP6T_SO_ORIGINAL_DST (SOL_IPV6) has the same value
 SOL_IPV6 = 41
+_SOCKADDR_IN_SIZE = 16
+_SOCKADDR_IN6_SIZE = 28
 
 OriginalDst = Callable[[socket.socket], tuple[str, int]]
 """How a listener learns a redirected connection's original destination."""
@@ -72,12 +76,41 @@ class HostSocketFactory:
         return sock
 
 
+def original_dst(sock: socket.socket) -> tuple[str, int] | None:
+    """The (ip, port) an accepted connection was addressed to before any NAT, from conntrack.
+
+    For a REDIRECTed connection that is where the app was going; for one that reached the
+    listener directly it equals ``sock.getsockname()``. None when conntrack does not track
+    the connection at all.
+    """
+    try:
+        if sock.family == socket.AF_INET6:
+            raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, _SOCKADDR_IN6_SIZE)
+        else:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, _SOCKADDR_IN_SIZE)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return None
+        raise
+    return parse_sockaddr(raw)
+
+
 def so_original_dst(sock: socket.socket) -> tuple[str, int]:
-    """The destination a connection had before iptables REDIRECT; raises ``OSError`` if there was none."""
-    if sock.family == socket.AF_INET6:
-        raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)  # struct sockaddr_in6
-        port = struct.unpack_from("!H", raw, 2)[0]
+    """``original_dst`` for a listener (``OriginalDst``): ``OSError`` when there was none."""
+    dst = original_dst(sock)
+    if dst is None:
+        raise OSError(errno.ENOENT, "no original destination (the connection was not redirected)")
+    return dst
+
+
+def parse_sockaddr(raw: bytes) -> tuple[str, int]:
+    """Decode a kernel ``sockaddr_in``/``sockaddr_in6`` (family in host order, port big-endian)."""
+    if len(raw) < 8:
+        raise ValueError(f"sockaddr of {len(raw)} bytes is too short")
+    family = int.from_bytes(raw[:2], sys.byteorder)
+    port = int.from_bytes(raw[2:4], "big")
+    if family == socket.AF_INET:
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    if family == socket.AF_INET6 and len(raw) >= 24:
         return socket.inet_ntop(socket.AF_INET6, raw[8:24]), port
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)  # struct sockaddr_in
-    port = struct.unpack_from("!H", raw, 2)[0]
-    return socket.inet_ntop(socket.AF_INET, raw[4:8]), port
+    raise ValueError(f"sockaddr of family {family} and {len(raw)} bytes is neither IPv4 nor IPv6")

@@ -27,7 +27,7 @@ from cni.protocol import CniResponse
 from node_agent.inpod import redirect_iptables as rd
 from node_agent.inpod.cni_server import CniServer
 from node_agent.inpod.netns import NetnsWorker, PodNetns
-from node_agent.inpod.sockopt import original_dst
+from node_agent.proxy.sockets import original_dst
 from sandbox.node import cni as runtime
 from sandbox.node import netns as netns_tool
 

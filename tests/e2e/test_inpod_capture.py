@@ -19,7 +19,8 @@ import pytest
 
 from node_agent.inpod import redirect_iptables as rd
 from node_agent.inpod.netns import PodNetns, connect_socket_in_netns, listen_in_netns
-from node_agent.inpod.sockopt import PROXY_MARK, original_dst
+from node_agent.inpod.sockopt import PROXY_MARK
+from node_agent.proxy.sockets import original_dst
 from sandbox.node import netns as netns_tool
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(60)]

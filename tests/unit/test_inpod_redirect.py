@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from node_agent.inpod import redirect_iptables as rd
 from node_agent.inpod.errors import RedirectError
-from node_agent.inpod.sockopt import parse_sockaddr
+from node_agent.proxy.sockets import parse_sockaddr
 
 POD = rd.pod_rules()
 
