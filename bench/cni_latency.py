@@ -3,7 +3,10 @@
 For each sample we pick a running pod the agent knows, take what the runtime recorded for it (the
 CNI cache entry: container id, netns, ``CNI_ARGS`` and the chain's result, which is the
 ``prevResult`` ambit-cni receives), build the plugin's stdin from its entry in the node's conflist,
-and time the plugin process from exec to exit.
+and time the plugin process from exec to exit. It runs from the host, as on a real node (no
+``nsenter`` into the sandbox node's filesystem, which the sandbox's CNI runtime adds); the
+conflist's ``agentSocket`` is a path of the node's filesystem, so it is given as the host reaches
+it (``NodeFs.path``: ``/proc/<holder>/root/run/ambit/cni.sock``).
 
 - enrolled pods: a DEL first (untimed: the agent releases the pod and removes its rules, so the
   netns is as fresh as at pod start), then the timed ADD: the agent's whole first-ADD path (find
@@ -20,6 +23,8 @@ import time
 
 from bench.procs import Children, ToolError
 from bench.topology import Pod, Topology
+from cni.spec import DEFAULT_AGENT_SOCKET
+from sandbox.node.nodefs import NodeFs
 
 
 def _cache_entries(topo: Topology, node: str) -> dict[str, dict]:
@@ -42,6 +47,9 @@ def _plugin_conf(topo: Topology, node: str) -> tuple[dict, str]:
     plugin = next((p for p in conflist["plugins"] if p.get("type") == "ambit-cni"), None)
     if plugin is None:
         raise ToolError(f"ambit-cni is not chained in {topo.cfg.cni_conf_dir(node)}")
+    # a path on the node: the host reaches it through the node's filesystem
+    socket = plugin.get("agentSocket", DEFAULT_AGENT_SOCKET)
+    plugin = {**plugin, "agentSocket": NodeFs(topo.cfg, node).path(socket)}
     return {"cniVersion": conflist["cniVersion"], "name": conflist["name"], **plugin}, conflist["name"]
 
 
@@ -67,7 +75,7 @@ def time_adds(children: Children, topo: Topology, pods: list[Pod], *, samples: i
                "CNI_CONTAINERID": entry["containerId"], "CNI_NETNS": entry["netns"],
                "CNI_IFNAME": entry.get("ifName", "eth0"),
                "CNI_ARGS": ";".join(f"{k}={v}" for k, v in entry["cniArgs"]),
-               "CNI_PATH": f"{topo.cfg.cni_bin_dir(pod.node)}:/usr/lib/cni:/opt/cni/bin"}
+               "CNI_PATH": f"{topo.cfg.cni_bin_dir(pod.node)}:/usr/lib/cni"}
         plugin = str(topo.cfg.cni_bin_dir(pod.node) / "ambit-cni")
         if delete_first:
             rc, out, err = children.run([plugin], input=stdin, env={**env, "CNI_COMMAND": "DEL"}, timeout=30)

@@ -2,18 +2,17 @@
 ``deploy/charts/ambit``, rendered and applied by ``ambit install``'s code).
 
 What differs from a real cluster, and why:
-- node paths: sandbox nodes share one filesystem, so each node's CNI config and bin dirs and the
-  agent's run dir are per-node directories under the state dir. The sandbox kubelet expands
-  ``$(NODE_NAME)`` in hostPath paths (a real kubelet does not; docs/sandbox-nodes.md), and the
-  installer's ``--agent-socket`` gets the same expansion as every container argument;
 - the CA's Service has a fixed ClusterIP that agents dial directly: the sandbox has no DNS;
-- ambit-cni runs with this interpreter (the node "has" it: the kubelet runs every image from the
-  host, and this Python is the one with Ambit installed).
+- the agents' grace period is 5 s (the sandbox kubelet caps every grace period at 5 s anyway).
+
+The node paths keep their defaults (/etc/cni/net.d, /opt/cni/bin, /var/run/ambit): each sandbox
+node has its own filesystem where they are its own directories (``sandbox.node.nodefs``), and
+ambit-cni runs with the default ``/usr/bin/python3`` (Debian's 3.11; the plugin needs only the
+standard library).
 """
 from __future__ import annotations
 
 import ipaddress
-import sys
 
 from sandbox.config import SandboxConfig
 
@@ -26,11 +25,8 @@ def ca_cluster_ip(cfg: SandboxConfig) -> str:
 
 
 def values(cfg: SandboxConfig) -> dict:
-    node_dir = f"{cfg.state_dir}/nodes/$(NODE_NAME)"
     return {
         "trustDomain": cfg.trust_domain,
-        "agent": {"runDir": f"{node_dir}/ambit", "terminationGracePeriodSeconds": 5},
-        "cni": {"binDir": f"{node_dir}/cni/bin", "confDir": f"{node_dir}/cni/net.d",
-                "pluginInterpreter": sys.executable},
+        "agent": {"terminationGracePeriodSeconds": 5},
         "identity": {"service": {"clusterIP": ca_cluster_ip(cfg)}},
     }

@@ -1,7 +1,8 @@
 """``ambit up`` and ``ambit down``: build the sandbox cluster, and remove every trace of it.
 
 up:   PKI + kubeconfig -> underlay bridge and node namespaces -> API server -> controllers ->
-      one kubelet per node (inside its node namespace) -> nodes Ready -> demo app (optional)
+      one kubelet per node (inside its node namespace; it holds the node's filesystem, nodefs) ->
+      nodes Ready -> demo app (optional)
 down: stop every member process -> delete namespaces and links -> delete the state directory.
       Idempotent, and works after a crash: it finds processes by environment marker and
       namespaces/links by name prefix, not from files alone.
@@ -151,8 +152,8 @@ def _render_chart(values: dict):
 
 def _check_prerequisites() -> None:
     missing = [tool for tool in ("ip", "iptables", "iptables-restore", "nsenter") if shutil.which(tool) is None]
-    if not Path("/usr/lib/cni/ptp").exists() and not Path("/opt/cni/bin/ptp").exists():
-        missing.append("CNI reference plugins (apt-get install containernetworking-plugins)")
+    if not Path("/usr/lib/cni/ptp").exists():  # a node's /opt/cni/bin is its own directory: not the host's
+        missing.append("CNI reference plugins in /usr/lib/cni (apt-get install containernetworking-plugins)")
     if missing:
         raise SandboxError(f"missing {', '.join(missing)}; run `make deps` (as root) first")
 

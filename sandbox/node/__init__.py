@@ -9,6 +9,8 @@
 - ``volumes`` (spec -> plan -> files, pure), ``podvolumes`` (API reads, tokens, resync) and
   ``atomicwriter`` (the ..data swap): the pod's volumes, bind-mounted by ``launch``
 - ``kubeproxy``: ClusterIP routing in each node netns as kube-proxy's iptables mode does it
+- ``nodefs``: each node's filesystem, a mount namespace where /etc/cni/net.d, /opt/cni/bin and
+  /var/run/ambit are the node's own directories; containers and CNI plugins run in it
 - ``kubelet``: the process per node that ties the runtime and kube-proxy to the API
 - ``layout``, ``logs``: where pod state and container logs live on disk
 """

@@ -10,7 +10,9 @@
   libcni's ``cniCacheV1`` format, so DEL and CHECK use the same config and the cached result
   as ``prevResult`` even after the conflist changed;
 - DEL runs the plugins in reverse order; CHECK in order (skipped when ``disableCheck``);
-- a plugin's failure (exit status, CNI error JSON ``code``/``msg``/``details``) is a ``CniError``.
+- a plugin's failure (exit status, CNI error JSON ``code``/``msg``/``details``) is a ``CniError``;
+- on a sandbox node (``for_node``) every plugin runs in the node's filesystem (``nodefs``:
+  ``nsenter --mount``), where /etc/cni/net.d, /opt/cni/bin and /var/run/ambit are the node's.
 
 The pure parts (config loading, env, stdin, result and error parsing) take no I/O beyond reading
 the config files; ``CniRuntime`` executes plugins.
@@ -26,16 +28,19 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 from sandbox.config import SandboxConfig
-from sandbox.node import layout
-from sandbox.node.errors import CniError
+from sandbox.node import layout, netns
+from sandbox.node.errors import CniError, NodeFsError
+from sandbox.node.nodefs import NodeFs
 
 log = logging.getLogger(__name__)
 
 SPEC_VERSION = "1.0.0"
-REFERENCE_PLUGIN_DIRS = (Path("/usr/lib/cni"), Path("/opt/cni/bin"))
+NODE_PLUGIN_DIRS = (Path("/opt/cni/bin"), Path("/usr/lib/cni"))
+"""CNI_PATH on a sandbox node, in its filesystem: its own /opt/cni/bin (``nodes/<node>/cni/bin``,
+where ambit-cni is installed), then Debian's reference plugins"""
 CONFIG_EXTENSIONS = (".conf", ".conflist", ".json")
 CACHE_KIND = "cniCacheV1"
 
@@ -287,23 +292,40 @@ def decode_cache(data: bytes, *, source: str = "") -> CacheEntry:
 
 
 # ---- execution ------------------------------------------------------------------------------------
+class NodeView(Protocol):
+    """A node's filesystem as the runtime uses it (``nodefs.NodeFs``)."""
+
+    def mntns(self) -> str:
+        """the path of its mount namespace (``/proc/<pid>/ns/mnt``)"""
+        ...
+
+    def path(self, node_path: str) -> str:
+        """where this process reaches ``node_path`` of the node's filesystem"""
+        ...
+
+
 class CniRuntime:
-    """Runs a node's CNI chain. ``exec_netns`` runs plugins inside that named network namespace
-    (for callers outside the node; the kubelet already runs in it)."""
+    """Runs a node's CNI chain. With ``node_fs``, plugins run in that node's filesystem
+    (``nsenter --mount``) and ``plugin_dirs`` are paths in it. ``exec_netns`` runs plugins inside
+    that named network namespace (for callers outside the node; the kubelet already runs in it).
+    The config and cache dirs are read and written from here."""
 
     def __init__(self, *, conf_dir: Path, cache_dir: Path, plugin_dirs: Sequence[Path],
-                 exec_netns: str | None = None, timeout: float = 60.0) -> None:
+                 node_fs: NodeView | None = None, exec_netns: str | None = None, timeout: float = 60.0) -> None:
         self.conf_dir = conf_dir
         self.cache_dir = cache_dir
         self.plugin_dirs = tuple(plugin_dirs)
+        self.node_fs = node_fs
         self.exec_netns = exec_netns
         self.timeout = timeout
 
     @classmethod
-    def for_node(cls, cfg: SandboxConfig, node: str, *, exec_netns: str | None = None,
-                 timeout: float = 60.0) -> "CniRuntime":
+    def for_node(cls, cfg: SandboxConfig, node: str, *, node_fs: NodeView | None = None,
+                 exec_netns: str | None = None, timeout: float = 60.0) -> "CniRuntime":
+        """The node's runtime: its conflist (``nodes/<node>/cni/net.d``, the node's /etc/cni/net.d),
+        plugins run in its filesystem (``nodefs``; ``node_fs`` shares one ``NodeFs``)."""
         return cls(conf_dir=cfg.cni_conf_dir(node), cache_dir=layout.cni_cache_dir(cfg, node),
-                   plugin_dirs=(cfg.cni_bin_dir(node), *REFERENCE_PLUGIN_DIRS),
+                   plugin_dirs=NODE_PLUGIN_DIRS, node_fs=node_fs or NodeFs(cfg, node),
                    exec_netns=exec_netns, timeout=timeout)
 
     # ---- the three operations ----
@@ -360,10 +382,17 @@ class CniRuntime:
             raise CniError(f"invalid plugin type {kind!r}", code=ERR_INVALID_NETWORK_CONFIG)
         for d in self.plugin_dirs:
             candidate = d / kind
-            if candidate.is_file() and os.access(candidate, os.X_OK):
+            here = Path(self._node_path(str(candidate), kind=kind)) if self.node_fs else candidate
+            if here.is_file() and os.access(here, os.X_OK):
                 return candidate
         raise CniError(f"failed to find plugin {kind!r} in path {[str(d) for d in self.plugin_dirs]}",
                        plugin=kind)
+
+    def _node_path(self, path: str, *, kind: str) -> str:
+        try:
+            return self.node_fs.path(path)
+        except NodeFsError as exc:
+            raise CniError(str(exc), plugin=kind) from exc
 
     def _exec(self, command: str, net: NetworkList, plugin: dict, *, rt: RuntimeConf,
               prev_result: dict | None) -> dict:
@@ -372,7 +401,14 @@ class CniRuntime:
         stdin = plugin_stdin(net, plugin, rt=rt, prev_result=prev_result)
         env = plugin_env(command, rt, cni_path=self.plugin_dirs)
         argv = [str(binary)]
-        if self.exec_netns:
+        if self.node_fs is not None:
+            try:
+                mntns = self.node_fs.mntns()
+            except NodeFsError as exc:
+                raise CniError(str(exc), plugin=kind, command=command) from exc
+            net = [f"--net={netns.path(self.exec_netns)}"] if self.exec_netns else []
+            argv = ["nsenter", *net, f"--mount={mntns}", "--", *argv]
+        elif self.exec_netns:
             argv = ["ip", "netns", "exec", self.exec_netns, *argv]
         started = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,

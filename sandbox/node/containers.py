@@ -1,7 +1,8 @@
 """Containers as processes: command, environment, and the launcher that starts them.
 
 Images are not pulled or run: a container is its ``command`` + ``args`` executed on this
-machine, in the pod's network namespace and a private mount namespace (see ``launch``), with
+machine, in the pod's network namespace and a private mount namespace made from the node's
+(see ``launch`` and ``nodefs``), with
 ``PATH`` led by the kubelet interpreter's bin dir so ``python3`` is the sandbox's venv.
 """
 from __future__ import annotations
@@ -104,13 +105,17 @@ def container_argv(container: dict, env: Mapping[str, str]) -> list[str]:
 
 
 def launcher_argv(command: list[str], *, netns_path: str | None, binds: Sequence[Bind] = (),
-                  scratch_dir: Path | None = None, mntns_path: str | None = None,
-                  workdir: str | None = None, ready_fd: int | None = None) -> list[str]:
-    """The launcher command line: ``binds`` (volumes, credentials) need ``scratch_dir``;
+                  scratch_dir: Path | None = None, node_mntns: str | None = None,
+                  mntns_path: str | None = None, workdir: str | None = None,
+                  ready_fd: int | None = None) -> list[str]:
+    """The launcher command line: the container's mount namespace is made from ``node_mntns``
+    (the node's filesystem, ``nodefs``); ``binds`` (volumes, credentials) need ``scratch_dir``;
     ``mntns_path`` joins a running container's mount namespace instead (exec probes)."""
     argv = [sys.executable, "-I", "-m", "sandbox.node.launch"]
     if netns_path:
         argv += ["--netns", netns_path]
+    if node_mntns:
+        argv += ["--node-mntns", node_mntns]
     if mntns_path:
         argv += ["--mntns", mntns_path]
     for b in binds:
@@ -128,7 +133,7 @@ def launcher_argv(command: list[str], *, netns_path: str | None, binds: Sequence
 
 
 def spawn(command: list[str], *, env: Mapping[str, str], log_path: Path, netns_path: str | None,
-          binds: Sequence[Bind] = (), scratch_dir: Path | None = None,
+          node_mntns: str | None = None, binds: Sequence[Bind] = (), scratch_dir: Path | None = None,
           workdir: str | None = None) -> subprocess.Popen:
     """Start one container process (its own session, so its whole process group can be signalled).
 
@@ -140,7 +145,7 @@ def spawn(command: list[str], *, env: Mapping[str, str], log_path: Path, netns_p
     ready_r, ready_w = os.pipe()
     try:
         argv = launcher_argv(command, netns_path=netns_path, binds=binds, scratch_dir=scratch_dir,
-                             workdir=workdir, ready_fd=ready_w)
+                             node_mntns=node_mntns, workdir=workdir, ready_fd=ready_w)
         with open(log_path, "ab") as logf:
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
                                     env=dict(env), start_new_session=True, close_fds=True, pass_fds=(ready_w,))

@@ -55,3 +55,7 @@ class ContainerError(NodeError):
     def __init__(self, msg: str, *, reason: str = "CreateContainerConfigError") -> None:
         self.reason = reason
         super().__init__(msg)
+
+
+class NodeFsError(NodeError):
+    """A node's filesystem (its own mount namespace, ``nodefs``) could not be made or found."""

@@ -1,6 +1,8 @@
 """The sandbox kubelet of one node: ``python -m sandbox.node.kubelet --node node-1 --index 1``.
 
-Runs inside the node's network namespace (start it with ``kubelet_argv``), and:
+Runs inside the node's network namespace and the host's mount namespace (start it with
+``kubelet_argv``), and:
+- makes sure the node's filesystem is held (``nodefs``): containers and CNI plugins run in it;
 - registers the Node (labels, addresses, podCIDR, nodeInfo, Ready) and heartbeats its status;
 - watches its Pods (``spec.nodeName``) and hands them to the ``PodRuntime`` (``pods``), after
   cleaning up what a previous kubelet left behind (``PodRuntime.adopt``);
@@ -25,7 +27,7 @@ from pathlib import Path
 from typing import Sequence
 
 from sandbox.config import SandboxConfig
-from sandbox.node.errors import ApiError
+from sandbox.node.errors import ApiError, NodeFsError
 from sandbox.node.pods import PodRef, PodRuntime, RuntimeSettings
 
 log = logging.getLogger("sandbox.node.kubelet")
@@ -345,6 +347,12 @@ def main(cfg: SandboxConfig, node: str, index: int) -> int:
     if switched:
         log.info("joined the parent's mount namespace (started through ip netns exec)")
     kubelet = Kubelet(cfg, node=node, index=index, api_client=node_api_client(cfg))
+    try:
+        holder = kubelet.runtime.node_fs.ensure()  # a holder left by a previous kubelet is reused
+    except NodeFsError as exc:
+        log.error("%s", exc)
+        return 1
+    log.info("the node's filesystem is the mount namespace of pid %d (/proc/%d/ns/mnt)", holder, holder)
 
     def on_signal(signum, _frame) -> None:
         log.info("signal %d: stopping (pods keep running)", signum)

@@ -3,8 +3,10 @@
 Run by the kubelet for every container process; it prepares the process's namespaces, then
 execs the container command (so the container's pid is this process's pid):
 
-1. a private mount namespace whose mounts are slaves of the host's (new pod netns mounts under
-   /run/netns still appear inside, nothing made inside leaks out);
+1. a private mount namespace whose mounts are slaves of the node's (``--node-mntns PATH``, joined
+   first: the node's filesystem, ``nodefs``, where /etc/cni/net.d, /opt/cni/bin and /run/ambit
+   are the node's own), else of the host's: new pod netns mounts under /run/netns still appear
+   inside, nothing made inside leaks out;
 2. ``--bind SRC DST`` / ``--bind-ro SRC DST`` (repeatable): the pod's volumes and its
    service-account credentials (at /var/run/secrets/kubernetes.io/serviceaccount), mounted
    parents first, as container runtimes order them. A mount point that does not exist is made
@@ -312,12 +314,13 @@ def mount_order(binds: list[Bind]) -> list[Bind]:
     return sorted(binds, key=lambda b: os.path.realpath(b.target).rstrip("/").count("/"))
 
 
-Options = namedtuple("Options", "netns mntns scratch workdir ready_fd binds",
-                     defaults=(None, None, None, None, None, ()))
+Options = namedtuple("Options", "netns mntns node_mntns scratch workdir ready_fd binds",
+                     defaults=(None, None, None, None, None, None, ()))
 
 
-USAGE = ("usage: launch [--netns P] [--bind SRC DST]... [--bind-ro SRC DST]... [--bind-host SRC DST]... "
-         "[--bind-host-ro SRC DST]... [--scratch D] [--mntns P] [--workdir D] [--ready-fd N] -- CMD ARGS")
+USAGE = ("usage: launch [--netns P] [--node-mntns P] [--bind SRC DST]... [--bind-ro SRC DST]... "
+         "[--bind-host SRC DST]... [--bind-host-ro SRC DST]... [--scratch D] [--mntns P] [--workdir D] "
+         "[--ready-fd N] -- CMD ARGS")
 BIND_FLAGS = {"--bind": (False, False), "--bind-ro": (True, False),
               "--bind-host": (False, True), "--bind-host-ro": (True, True)}
 """flag -> (read_only, host)"""
@@ -337,10 +340,11 @@ def parse_args(argv: list[str]) -> tuple[Options, list[str]]:
             opts = Options(binds=tuple(binds), **single)
             if opts.binds and not opts.scratch:
                 raise SetupError("--bind needs --scratch (where a shadowed directory is held meanwhile)")
-            if opts.binds and opts.mntns:
-                raise SetupError("--bind and --mntns exclude each other: --mntns joins a container as it is")
+            if opts.mntns and (opts.binds or opts.node_mntns):
+                raise SetupError("--mntns and --bind or --node-mntns exclude each other: "
+                                 "--mntns joins a container as it is")
             return opts, argv[i + 1:]
-        if arg in ("--netns", "--mntns", "--scratch", "--workdir", "--ready-fd") and i + 1 < len(argv):
+        if arg in ("--netns", "--mntns", "--node-mntns", "--scratch", "--workdir", "--ready-fd") and i + 1 < len(argv):
             single[arg[2:].replace("-", "_")] = argv[i + 1]
             i += 2
             continue
@@ -364,6 +368,8 @@ def main(argv: list[str]) -> int:
         if opts.mntns:
             join_mount_namespace(opts.mntns)
         else:
+            if opts.node_mntns:
+                join_mount_namespace(opts.node_mntns)  # single-threaded, as setns(CLONE_NEWNS) needs
             private_mount_namespace()
         if netns_fd is not None:
             join_netns(netns_fd, opts.netns, remount_sys=not opts.mntns)

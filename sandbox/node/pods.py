@@ -42,8 +42,9 @@ from sandbox.config import SandboxConfig
 from sandbox.node import cni as cnimod
 from sandbox.node import containers as ctr
 from sandbox.node import layout, netns, serviceaccount
-from sandbox.node.errors import CniError, ContainerError, NetnsError
+from sandbox.node.errors import CniError, ContainerError, NetnsError, NodeFsError
 from sandbox.node.launch import SA_MOUNT, Bind
+from sandbox.node.nodefs import NodeFs
 from sandbox.node.podvolumes import PodVolumes
 from sandbox.node.podstatus import ContainerView, SandboxView, build_status, now_rfc3339
 from sandbox.node.probes import ProbeTracker, parse_probe, run_probe
@@ -337,7 +338,7 @@ class PodWorker:
         try:
             self.volumes = PodVolumes(pod=self.pod, node=self.rt.node, root=self.dir / "volumes",
                                       sources=_PodSources(self), resync=self.settings.volume_resync,
-                                      label=str(self.ref))
+                                      label=str(self.ref), locate=self.rt.node_fs.path)
         except VolumeError as exc:  # the spec is immutable: wait for the pod's deletion
             message = f"cannot mount the volumes of pod {self.ref}: {exc}"
             log.warning("%s", message)
@@ -415,9 +416,9 @@ class PodWorker:
             c.proc = ctr.spawn(argv, env=env,
                                log_path=layout.pod_log_path(self.cfg, self.rt.node, self.ref.namespace,
                                                             self.ref.name, c.name),
-                               netns_path=self.netns_path or None, binds=binds, scratch_dir=self.dir / "mnt",
-                               workdir=c.spec.get("workingDir"))
-        except (ContainerError, OSError) as exc:
+                               netns_path=self.netns_path or None, node_mntns=self.rt.node_fs.mntns(),
+                               binds=binds, scratch_dir=self.dir / "mnt", workdir=c.spec.get("workingDir"))
+        except (ContainerError, NodeFsError, OSError) as exc:
             reason = exc.reason if isinstance(exc, ContainerError) else "RunContainerError"
             c.view.state = {"waiting": {"reason": reason, "message": str(exc)}}
             c.next_start = now + self._next_backoff(c, now)
@@ -654,7 +655,9 @@ class PodRuntime:
         self.node = node
         self.host_ip = host_ip
         self.api = api
-        self.cni = cni or cnimod.CniRuntime.for_node(cfg, node)
+        self.node_fs = NodeFs(cfg, node)
+        """the node's filesystem: containers' mount namespaces are made from it, plugins run in it"""
+        self.cni = cni or cnimod.CniRuntime.for_node(cfg, node, node_fs=self.node_fs)
         self.settings = settings
         self._workers: dict[str, PodWorker] = {}
         self._lock = threading.Lock()

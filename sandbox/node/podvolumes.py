@@ -7,9 +7,10 @@ One ``PodVolumes`` per pod, used only by its worker thread:
   ConfigMaps and Secrets they name, requests their tokens (TokenRequest bound to the pod) and
   writes each volume that can be written; for a hostPath it runs the kubelet's type check
   (``check_host_path``, which makes what ``DirectoryOrCreate``/``FileOrCreate`` ask for) on the
-  path with ``$(NODE_NAME)`` expanded. It returns one ``MountVolume.SetUp failed`` message per
-  volume that cannot be set up (a missing non-optional ConfigMap/Secret or key, a failed type
-  check), and is called again until there are none: containers start only then;
+  path with ``$(NODE_NAME)`` expanded, in the node's filesystem (``locate``). It returns one
+  ``MountVolume.SetUp failed`` message per volume that cannot be set up (a missing non-optional
+  ConfigMap/Secret or key, a failed type check), and is called again until there are none:
+  containers start only then;
 - ``sync()``, whenever ``next_due`` has passed, refreshes each token at 80% of its life and
   re-reads ConfigMaps and Secrets every ``resync`` seconds, rewriting a volume only when its files
   changed (``atomicwriter``: readers see the old or the new files, never a mix). A source that
@@ -45,27 +46,29 @@ _HOST_PATH_KINDS = {
 }
 
 
-def check_host_path(path: str, htype: str) -> None:
+def check_host_path(path: str, htype: str, *, at: str | None = None) -> None:
     """The kubelet's hostPath type check: ``DirectoryOrCreate`` makes a missing directory (0755, and
     its parents), ``FileOrCreate`` a missing empty file (0644, not its parent directory); then the
-    path (symlinks followed) must be of the type's kind. '' checks nothing."""
+    path (symlinks followed) must be of the type's kind. '' checks nothing. ``at`` is where this
+    process reaches ``path`` (the node's filesystem seen from the kubelet); messages name ``path``."""
     if not htype:
         return
-    if htype.endswith("OrCreate") and not os.path.exists(path):
+    here = path if at is None else at
+    if htype.endswith("OrCreate") and not os.path.exists(here):
         try:
             if htype == "DirectoryOrCreate":
-                os.makedirs(path, mode=0o755, exist_ok=True)
-                os.chmod(path, 0o755)  # whatever the umask, as Kubernetes documents it
+                os.makedirs(here, mode=0o755, exist_ok=True)
+                os.chmod(here, 0o755)  # whatever the umask, as Kubernetes documents it
             else:
-                os.close(os.open(path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
-                os.chmod(path, 0o644)
+                os.close(os.open(here, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+                os.chmod(here, 0o644)
         except OSError as exc:
             hint = "; FileOrCreate does not create the parent directory" if htype == "FileOrCreate" else ""
             raise HostPathError(f"hostPath type check failed: cannot create {path}: "
                                 f"{(exc.strerror or str(exc)).lower()}{hint}") from exc
     is_kind, kind = _HOST_PATH_KINDS[htype]
     try:
-        ok = is_kind(os.stat(path).st_mode)
+        ok = is_kind(os.stat(here).st_mode)
     except OSError:
         ok = False
     if not ok:
@@ -93,10 +96,14 @@ class _Token:
 
 class PodVolumes:
     def __init__(self, *, pod: dict, node: str, root: Path, sources: VolumeSources, resync: float,
-                 label: str = "", clock: Callable[[], float] = time.monotonic) -> None:
+                 label: str = "", locate: Callable[[str], str] = str,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.volumes: dict[str, Volume] = parse_volumes(pod)
         self.node = node
         """this node's name, for ``$(NODE_NAME)`` in hostPaths"""
+        self.locate = locate
+        """where this process reaches a path of the node's filesystem (``NodeFs.path``; the same
+        path when the node's filesystem is this process's)"""
         self.label = label
         """the pod, for log lines"""
         self.root = root
@@ -146,7 +153,8 @@ class PodVolumes:
                 continue
             try:
                 if vol.host_path is not None:
-                    check_host_path(self.host_path(vol), vol.host_path.type)
+                    path = self.host_path(vol)
+                    check_host_path(path, vol.host_path.type, at=self.locate(path))
                     self._written[vol.name] = {}
                     log.info("pod %s: volume %s is hostPath %s (type %r)", self.label, vol.name,
                              self.host_path(vol), vol.host_path.type)
@@ -202,7 +210,7 @@ class PodVolumes:
                 binds.append(Bind(str(self.dir(vol)), m.path, m.read_only))
                 continue
             source = self.host_path(vol)
-            if not os.path.exists(source):  # a container runtime would create it; the sandbox does not
+            if not os.path.exists(self.locate(source)):  # a container runtime would create it; the sandbox does not
                 raise ContainerError(f'volume "{vol.name}": hostPath {source} does not exist; create it, or '
                                      "give the volume type DirectoryOrCreate or FileOrCreate",
                                      reason="CreateContainerError")

@@ -186,3 +186,49 @@ def test_missing_plugin_lists_the_search_path(tmp_path: Path):
         runtime.find_plugin("nope")
     with pytest.raises(CniError, match="invalid plugin type"):
         runtime.find_plugin("../sh")
+
+
+class FakeNode:
+    """A node's filesystem rooted at a directory; ``mntns`` fails when ``broken``."""
+
+    def __init__(self, root: Path, *, broken: bool = False) -> None:
+        self.root, self.broken = root, broken
+
+    def mntns(self) -> str:
+        if self.broken:
+            from sandbox.node.errors import NodeFsError
+            raise NodeFsError("cannot make node-1's filesystem: its holder exited with 1")
+        return "/proc/self/ns/mnt"
+
+    def path(self, node_path: str) -> str:
+        return str(self.root) + node_path
+
+
+def test_plugins_are_found_and_named_in_the_node_filesystem(tmp_path: Path):
+    node_bin = tmp_path / "opt" / "cni" / "bin"
+    node_bin.mkdir(parents=True)
+    (node_bin / "ambit-cni").write_text("#!/bin/sh\n")
+    (node_bin / "ambit-cni").chmod(0o755)
+    (tmp_path / "ambit-cni").write_text("not searched: the node's view decides")
+    runtime = cni.CniRuntime(conf_dir=tmp_path, cache_dir=tmp_path, plugin_dirs=cni.NODE_PLUGIN_DIRS,
+                             node_fs=FakeNode(tmp_path))
+    assert runtime.find_plugin("ambit-cni") == Path("/opt/cni/bin/ambit-cni")  # as the plugin runs it
+    with pytest.raises(CniError, match=r"failed to find plugin 'ptp' in path \['/opt/cni/bin', '/usr/lib/cni'\]"):
+        runtime.find_plugin("ptp")
+
+
+def test_a_node_filesystem_that_cannot_be_made_fails_the_plugin_call(tmp_path: Path):
+    node_bin = tmp_path / "opt" / "cni" / "bin"
+    node_bin.mkdir(parents=True)
+    (node_bin / "ptp").write_text("#!/bin/sh\n")
+    (node_bin / "ptp").chmod(0o755)
+    conf = tmp_path / "etc" / "cni" / "net.d"
+    conf.mkdir(parents=True)
+    (conf / "10-pods.conflist").write_text(json.dumps({"cniVersion": "1.0.0", "name": "pods",
+                                                       "plugins": [{"type": "ptp"}]}))
+    runtime = cni.CniRuntime(conf_dir=conf, cache_dir=tmp_path / "cache", plugin_dirs=cni.NODE_PLUGIN_DIRS,
+                             node_fs=FakeNode(tmp_path, broken=True))
+    with pytest.raises(CniError, match="plugin ptp ADD: cannot make node-1's filesystem") as err:
+        runtime.add(RT)
+    assert err.value.code is None
+    assert not (tmp_path / "cache").exists()

@@ -105,12 +105,13 @@ def test_launcher_argv_and_parsing_round_trip():
              launch.Bind("/var/run/netns", "/host/run/netns", False, True),
              launch.Bind("/etc/cni/net.d", "/host/etc/cni/net.d", True, True)]
     argv = ctr.launcher_argv(["sleep", "1"], netns_path="/run/netns/p", binds=binds,
-                             scratch_dir=Path("/m"), workdir="/w", ready_fd=7)
+                             scratch_dir=Path("/m"), node_mntns="/proc/9/ns/mnt", workdir="/w", ready_fd=7)
     i = argv.index("sandbox.node.launch")
     assert argv[argv.index("/var/run/netns") - 1] == "--bind-host"
     assert argv[argv.index("/etc/cni/net.d") - 1] == "--bind-host-ro"
     opts, command = launch.parse_args(argv[i + 1:])
-    assert opts == launch.Options(netns="/run/netns/p", scratch="/m", workdir="/w", ready_fd=7, binds=tuple(binds))
+    assert opts == launch.Options(netns="/run/netns/p", node_mntns="/proc/9/ns/mnt", scratch="/m", workdir="/w",
+                                  ready_fd=7, binds=tuple(binds))
     assert command == ["sleep", "1"]
 
 
@@ -132,8 +133,10 @@ def test_mounts_are_made_parents_first():
     (["--bind", "/a"], "unexpected launcher argument '--bind'"),
     (["--bind", "/a", "/b", "--", "true"], "--bind needs --scratch"),
     (["--bind-ro", "/a", "/b", "--scratch", "/m", "--mntns", "/proc/1/ns/mnt", "--", "true"], "exclude each other"),
+    (["--node-mntns", "/proc/2/ns/mnt", "--mntns", "/proc/1/ns/mnt", "--", "true"], "exclude each other"),
     (["--ready-fd", "x", "--", "true"], "must be a file descriptor number"),
-], ids=["unknown", "no-command", "bind-one-arg", "bind-no-scratch", "bind-and-mntns", "bad-ready-fd"])
+], ids=["unknown", "no-command", "bind-one-arg", "bind-no-scratch", "bind-and-mntns", "node-mntns-and-mntns",
+        "bad-ready-fd"])
 def test_launcher_rejects_bad_arguments(args, message):
     with pytest.raises(launch.SetupError, match=message):
         launch.parse_args(args)

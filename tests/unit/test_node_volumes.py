@@ -314,6 +314,16 @@ def test_host_path_or_create_types_make_what_is_missing(host: Path):
     check_host_path(block_device(host), "BlockDevice")
 
 
+def test_host_path_check_looks_at_the_node_path_where_this_process_reaches_it(host: Path):
+    """The kubelet checks a node's path through the node's filesystem (``at``), naming the node's path."""
+    (host / "node-root" / "run" / "ambit").mkdir(parents=True)
+    check_host_path("/var/run/ambit", "Directory", at=str(host / "node-root" / "run" / "ambit"))
+    check_host_path("/run/ambit/sub", "DirectoryOrCreate", at=str(host / "node-root" / "run" / "ambit" / "sub"))
+    assert (host / "node-root" / "run" / "ambit" / "sub").is_dir()
+    with pytest.raises(HostPathError, match=r"^hostPath type check failed: /run/ambit/cni.sock is not a socket file$"):
+        check_host_path("/run/ambit/cni.sock", "Socket", at=str(host / "node-root" / "run" / "ambit" / "cni.sock"))
+
+
 def test_or_create_modes_do_not_depend_on_the_umask(host: Path):
     old = os.umask(0o077)
     try:
