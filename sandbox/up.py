@@ -86,8 +86,8 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True, value_files: list[s
             install(api, rendered, namespace=ambit_mesh.NAMESPACE, release="ambit", wait=90, say=log.info)
         except AmbitctlError as exc:
             raise SandboxError(f"installing Ambit's chart: {exc}") from exc
-        _say(f"ambit installed from its Helm chart: identity CA at {ambit_mesh.ca_cluster_ip(cfg)}, "
-             f"a node agent and ambit-cni on each node")
+        _say("ambit installed from its Helm chart: the identity CA, "
+             "a node agent and ambit-cni on each node")
     if demo:
         from sandbox.demo import manifests
 

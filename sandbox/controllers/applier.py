@@ -40,6 +40,8 @@ _KINDS: dict[str, tuple[type, str, type]] = {
     "ReplicaSet": (k8s.AppsV1Api, "replica_set", k8s.V1ReplicaSet),
     "DaemonSet": (k8s.AppsV1Api, "daemon_set", k8s.V1DaemonSet),
     "EndpointSlice": (k8s.DiscoveryV1Api, "endpoint_slice", k8s.V1EndpointSlice),
+    "Secret": (k8s.CoreV1Api, "secret", k8s.V1Secret),
+    "ConfigMap": (k8s.CoreV1Api, "config_map", k8s.V1ConfigMap),
 }
 
 

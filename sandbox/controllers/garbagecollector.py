@@ -1,6 +1,7 @@
 """The garbage collector: dependents go when their owners are gone.
 
-- Dependents: ReplicaSets, Pods and EndpointSlices with ownerReferences. Owners it can judge:
+- Dependents: ReplicaSets, Pods, EndpointSlices, Secrets and ConfigMaps with ownerReferences (a
+  Deployment may own what its pods create, e.g. Ambit's CA owns the root it generates). Owners it can judge:
   Deployments, ReplicaSets, DaemonSets and Services (an object with any other owner kind is left
   alone, since the collector cannot see whether that owner exists).
 - An object none of whose owners exists (by uid, in its namespace) is deleted with Background
@@ -32,7 +33,7 @@ from sandbox.controllers.objects import (
 )
 
 OWNER_KINDS: tuple[Kind, ...] = ("Deployment", "ReplicaSet", "DaemonSet", "Service")
-DEPENDENT_KINDS: tuple[Kind, ...] = ("ReplicaSet", "Pod", "EndpointSlice")
+DEPENDENT_KINDS: tuple[Kind, ...] = ("ReplicaSet", "Pod", "EndpointSlice", "Secret", "ConfigMap")
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 CLUSTER_KEY = "*"

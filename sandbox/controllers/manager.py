@@ -45,6 +45,8 @@ LIST_CALLS: dict[Kind, tuple[type, str]] = {
     "ReplicaSet": (k8s.AppsV1Api, "list_replica_set_for_all_namespaces"),
     "DaemonSet": (k8s.AppsV1Api, "list_daemon_set_for_all_namespaces"),
     "Namespace": (k8s.CoreV1Api, "list_namespace"),
+    "Secret": (k8s.CoreV1Api, "list_secret_for_all_namespaces"),
+    "ConfigMap": (k8s.CoreV1Api, "list_config_map_for_all_namespaces"),
 }
 
 # debounce per controller: the cluster-wide passes wait a little longer to batch bursts

@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Protocol, TypedDict
 
-Kind = Literal["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Namespace"]
+Kind = Literal["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Namespace",
+               "Secret", "ConfigMap"]
 Key = tuple[str, str]
 """(namespace or "", name), as in the reflector's store"""
 

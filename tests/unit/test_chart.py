@@ -241,14 +241,14 @@ def test_own_issuer_becomes_the_ca_secret_and_trust_bundle():
 
 
 def test_sandbox_sets_only_values():
-    """The sandbox's Ambit is the chart with values: the CA's fixed ClusterIP and a grace period. The node
-    paths and the plugin's interpreter keep their defaults: each sandbox node has its own filesystem."""
+    """The sandbox's Ambit is the chart with its defaults but a grace period and the trust domain: node
+    paths, the plugin's interpreter and the CA's address too (each sandbox node has its own filesystem;
+    agents find the CA by its Service name without DNS)."""
     values = mesh.values(SandboxConfig(name="chrt", index=7))
-    assert set(values) <= {"trustDomain", "agent", "identity"}
-    assert values["agent"] == {"terminationGracePeriodSeconds": 5}
+    assert values == {"trustDomain": "cluster.local", "agent": {"terminationGracePeriodSeconds": 5}}
     ca_url = next(e["value"] for e in _by_kind(_render(values), "DaemonSet")[0]["spec"]["template"]["spec"]
                   ["containers"][0]["env"] if e["name"] == "AMBIT_CA_URL")
-    assert ca_url == f"https://{values['identity']['service']['clusterIP']}:15012"
+    assert ca_url == "https://ambit-identity.ambit-system.svc:15012"
 
 
 def test_notes_tell_the_user_to_run_ambit_check():
