@@ -149,23 +149,27 @@ class Applier:
     def wait(self, refs: Iterable[Ref], *, check: Callable[[dict | None], str | None], timeout: float,
              what: str) -> None:
         """Until ``check(obj)`` is None (ready) for every ref; ClusterError naming what is missing."""
-        pending = list(refs)
-        deadline = time.monotonic() + timeout
-        reasons: dict[Ref, str] = {}
-        while pending:
-            reasons = {ref: r for ref in pending if (r := check(self.get(ref))) is not None}
-            pending = list(reasons)
-            if not pending:
-                return
-            if time.monotonic() >= deadline:
-                detail = "; ".join(f"{ref}: {r}" for ref, r in reasons.items())
-                raise ClusterError(f"{what} after {timeout:.0f}s: {detail}")
-            time.sleep(0.5)
+        refs = list(refs)
+
+        def pending() -> str | None:
+            reasons = [f"{ref}: {r}" for ref in refs if (r := check(self.get(ref))) is not None]
+            return "; ".join(reasons) or None
+
+        wait_until(pending, timeout=timeout, what=what)
 
     def list(self, api_version: str, kind: str, *, selector: str, namespace: str | None = None) -> list[dict]:
         res = self._resource(api_version, kind)
         return self._call(f"listing {kind}", res.get, namespace=namespace,
                           label_selector=selector).to_dict().get("items") or []
+
+
+def wait_until(pending: Callable[[], str | None], *, timeout: float, what: str) -> None:
+    """Poll ``pending()`` (None: done; else what is still missing) until done; ClusterError after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while (missing := pending()) is not None:
+        if time.monotonic() >= deadline:
+            raise ClusterError(f"{what} after {timeout:.0f}s: {missing}")
+        time.sleep(0.5)
 
 
 def ready(obj: dict | None) -> str | None:

@@ -17,7 +17,6 @@ from typing import Callable
 
 from ambitctl import apply as kube
 from ambitctl.chart import INSTALL_ORDER, Rendered
-from ambitctl.errors import ClusterError
 
 CREATED_BY = "ambit.dev/created-by"
 """annotation on a namespace ``ambit install`` created, so ``ambit uninstall`` removes it again"""
@@ -32,7 +31,6 @@ def release_selector(release: str) -> str:
 @dataclass
 class InstallReport:
     counts: Counter = field(default_factory=Counter)
-    lines: list[str] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -69,7 +67,7 @@ def install(api_client, rendered: Rendered, *, namespace: str, release: str, wai
             say(f"pruned {ref} (no longer in the chart)")
 
     if wait:
-        workloads = [r for r in keep if r.kind in WORKLOAD_KINDS]
+        workloads = [r for r in kube.manifest_refs(rendered.manifests) if r.kind in WORKLOAD_KINDS]
         say(f"waiting up to {wait:.0f}s for {', '.join(map(str, workloads))} to be ready")
         applier.wait(workloads, check=kube.ready, timeout=wait, what="Ambit is not ready")
     return report
@@ -91,7 +89,9 @@ def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: 
             say(f"deleted {ref}")
     if workloads:
         say("waiting for the node agents to stop (each unchains ambit-cni from its node's CNI config)")
-        _wait_pods_gone(applier, namespace=namespace, release=release, timeout=timeout)
+        kube.wait_until(lambda: ", ".join(p["metadata"]["name"] for p in applier.list(
+            "v1", "Pod", namespace=namespace, selector=release_selector(release))) or None,
+            timeout=timeout, what=f"the agents' pods in {namespace} did not stop")
     for ref in refs:
         if ref.kind not in WORKLOAD_KINDS and applier.delete(ref):
             deleted += 1
@@ -111,18 +111,3 @@ def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: 
             "pods keep their redirection and fail closed until Ambit is installed again or they restart; "
             f"new pods start without Ambit. Unlabel them with `kubectl label namespace NS {ENROL_LABEL}-`")
     return deleted
-
-
-def _wait_pods_gone(applier: kube.Applier, *, namespace: str, release: str, timeout: float) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while True:
-        pods = applier.list("v1", "Pod", namespace=namespace, selector=release_selector(release))
-        if not pods:
-            return
-        if time.monotonic() >= deadline:
-            names = ", ".join(p["metadata"]["name"] for p in pods)
-            raise ClusterError(f"pods {names} in {namespace} did not stop within {timeout:.0f}s; "
-                               f"check `kubectl get pods -n {namespace}`")
-        time.sleep(0.5)
