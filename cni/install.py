@@ -196,6 +196,23 @@ def find_primary(conf_dir: Path) -> tuple[Path, dict]:
     raise NoPrimaryConfig(f"no primary CNI config in {conf_dir} yet; is the primary CNI (e.g. ptp, flannel, calico) installed?")
 
 
+def check(*, conf_dir: str | os.PathLike, bin_dir: str | os.PathLike) -> str | None:
+    """Why this node is not protected by ambit-cni right now, or None when it is: our entry last
+    in the primary config, and the plugin's two files in the bin dir (the installer container's
+    readiness: an agent pod is ready only where new pods go through the plugin)."""
+    try:
+        path, doc = find_primary(Path(conf_dir))
+    except (InstallError, OSError) as exc:
+        return str(exc)
+    plugins = doc.get("plugins", [doc])
+    if not plugins or not is_ours(plugins[-1]):
+        return f"ambit-cni is not chained last in {path}"
+    missing = [name for name in (EXECUTABLE_NAME, LIBRARY_NAME) if not (Path(bin_dir) / name).is_file()]
+    if missing:
+        return f"{', '.join(missing)} missing from {bin_dir}"
+    return None
+
+
 def write_atomic(path: Path, data: bytes, *, mode: int) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never a mix."""
     tmp = path.with_name(f".{path.name}.ambit-tmp.{os.getpid()}")
@@ -409,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--once", action="store_true", help="install once and exit")
     mode.add_argument("--uninstall", action="store_true", help="remove ambit-cni from the node and exit")
+    mode.add_argument("--check", action="store_true",
+                      help="exit 0 if ambit-cni is chained and installed on this node, else 1 saying why (a readiness probe)")
     parser.add_argument(
         "--uninstall-on-exit",
         action="store_true",
@@ -427,6 +446,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.uninstall:
         uninstall(conf_dir=args.conf_dir, bin_dir=args.bin_dir)
         return 0
+    if args.check:
+        problem = check(conf_dir=args.conf_dir, bin_dir=args.bin_dir)
+        print(problem or "ambit-cni is chained and installed", file=sys.stderr if problem else sys.stdout)
+        return 1 if problem else 0
     excluded = ["kube-system", args.agent_namespace, *args.exclude_namespace]
     plugin_config = {
         "agentSocket": args.agent_socket,

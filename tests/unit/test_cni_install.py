@@ -406,3 +406,20 @@ def test_uninstall_only_when_the_daemonset_is_gone(answer, gone):
     from cni.install import daemonset_gone
 
     assert daemonset_gone(namespace="ambit-system", name="ambit-node-agent", read=_reader(answer)) is gone
+
+
+def test_check_says_whether_the_node_is_protected(tmp_path):
+    from cni.install import check, install, uninstall
+
+    conf, bins = tmp_path / "net.d", tmp_path / "bin"
+    conf.mkdir()
+    assert "no primary CNI config" in check(conf_dir=conf, bin_dir=bins)
+    (conf / "10-ptp.conflist").write_text(json.dumps(
+        {"cniVersion": "1.0.0", "name": "k8s", "plugins": [{"type": "ptp"}]}))
+    assert check(conf_dir=conf, bin_dir=bins) == f"ambit-cni is not chained last in {conf / '10-ptp.conflist'}"
+    install(conf_dir=conf, bin_dir=bins, plugin_config=PLUGIN_CONFIG, source_executable=sys.executable)
+    assert check(conf_dir=conf, bin_dir=bins) is None
+    (bins / "ambit-cni.pyz").unlink()
+    assert check(conf_dir=conf, bin_dir=bins) == f"ambit-cni.pyz missing from {bins}"
+    uninstall(conf_dir=conf, bin_dir=bins)
+    assert "not chained" in check(conf_dir=conf, bin_dir=bins)
