@@ -49,14 +49,26 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_flags(p: argparse.ArgumentParser) -> None:
+def cmd_check(args: argparse.Namespace) -> int:
+    from ambitctl import check
+    from ambitctl.apply import connect
+
+    api = connect(kubeconfig=args.kubeconfig, context=args.context)
+    categories = check.run_until(lambda: check.Cluster(api, namespace=args.namespace), wait=args.wait)
+    print(check.render(categories, output=args.output))
+    return 0 if check.succeeded(categories) else 1
+
+
+def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout: bool = True) -> None:
     from ambitctl.chart import NAMESPACE, RELEASE
 
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
     p.add_argument("-n", "--namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
-    p.add_argument("--release", default=RELEASE, help="release name, as in helm (default: %(default)s)")
-    p.add_argument("--timeout", type=float, default=300, help="seconds to wait (default: %(default)s)")
+    if release:
+        p.add_argument("--release", default=RELEASE, help="release name, as in helm (default: %(default)s)")
+    if timeout:
+        p.add_argument("--timeout", type=float, default=300, help="seconds to wait (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -80,6 +92,14 @@ def build_parser() -> argparse.ArgumentParser:
     uni = sub.add_parser("uninstall", help="remove every Ambit object and unchain ambit-cni from every node")
     _cluster_flags(uni)
     uni.set_defaults(func=cmd_uninstall)
+
+    chk = sub.add_parser("check", help="check that Ambit is installed and healthy (exit 1 on any failure)")
+    _cluster_flags(chk, release=False, timeout=False)
+    chk.add_argument("-o", "--output", choices=("table", "json", "short"), default="table",
+                     help="table: every check; short: only problems; json: for scripts (default: %(default)s)")
+    chk.add_argument("--wait", type=float, default=0, metavar="SECONDS",
+                     help="retry until every check passes or this many seconds have passed (default: no retry)")
+    chk.set_defaults(func=cmd_check)
 
     for ep in entry_points(group="ambit.commands"):
         ep.load()(sub)

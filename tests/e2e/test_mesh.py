@@ -278,12 +278,27 @@ def _agent_running(sb: Sandbox, node: str) -> bool:
                for p in pods)
 
 
+def _check(sb: Sandbox, *args: str):
+    return sb.ambit("check", "--kubeconfig", str(sb.cfg.kubeconfig_path), *args, check=False)
+
+
+def test_check_passes_on_a_healthy_mesh(sb):
+    out = _check(sb, "--wait", "60")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert out.stdout.count("✔") >= 12 and "×" not in out.stdout.split("Status")[0]
+    doc = json.loads(_check(sb, "-o", "json").stdout)
+    assert doc["success"] is True
+
+
 def test_agent_down_fails_closed_and_recovers_without_pod_restarts(sb, tmp_path):
     _label(sb, True)
     before = _restarts(sb)
     try:
         _set_agent_on(sb, "node-2", True)  # node-1 loses its agent; node-2 keeps one
         _wait(lambda: not _agent_running(sb, "node-1"), what="node-1 agent gone")
+        out = _check(sb, "-o", "short")
+        assert out.returncode == 1 and "× a node agent runs on every node" in out.stdout, out.stdout
+        assert "no node agent on node-1" in out.stdout and "see docs/checks.md#agent-on-every-node" in out.stdout
         marker = f"down-{uuid.uuid4().hex}"
         cap = Capture(sb, tmp_path / "down.pcap")
         out = _request(sb, marker)
@@ -307,6 +322,9 @@ def test_ca_down_does_not_break_traffic(sb):
     try:
         _wait(lambda: not sb.get("pods", "-n", "ambit-system", "-l", "app.kubernetes.io/component=identity")["items"],
               what="CA gone")
+        out = _check(sb, "-o", "short")
+        assert out.returncode == 1 and "× the identity CA is ready" in out.stdout and "scaled to 0" in out.stdout, \
+            out.stdout
         out = _request(sb, "ca-down")
         assert out.returncode == 0 and "echo /ca-down" in out.stdout
     finally:

@@ -1,0 +1,154 @@
+"""`ambit check`'s checks against a cluster described in memory: what each says, the 60-day
+warning, gates that stop the run, and the table, short and JSON outputs."""
+from __future__ import annotations
+
+import base64
+import json
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from ambitctl import check
+from ambitctl.errors import ClusterError
+
+NOW = datetime(2026, 12, 8, tzinfo=timezone.utc)
+NS = "ambit-system"
+
+
+def pem(days_left: float, *, cn: str = "root") -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1).not_valid_before(NOW - timedelta(days=400)).not_valid_after(NOW + timedelta(days=days_left))
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def agent(node: str, *, agent_ready=True, cni_ready=True) -> dict:
+    return {"metadata": {"name": f"ambit-node-agent-{node}"}, "spec": {"nodeName": node},
+            "status": {"containerStatuses": [{"name": "agent", "ready": agent_ready},
+                                             {"name": "install-cni", "ready": cni_ready}]}}
+
+
+class FakeCluster(check.Cluster):
+    def __init__(self, *, objects=None, nodes=("node-1", "node-2"), agents=None, version=("1", "30"),
+                 unreachable=False, secret_forbidden=False):
+        self.namespace, self.now = NS, NOW
+        self.objects = objects if objects is not None else healthy()
+        self.nodes, self.agents = nodes, agents if agents is not None else [agent(n) for n in nodes]
+        self._version, self.unreachable, self.secret_forbidden = version, unreachable, secret_forbidden
+
+    def version(self):
+        if self.unreachable:
+            raise ClusterError("cannot reach the Kubernetes API at https://10.0.0.1:6443: connection refused")
+        return {"major": self._version[0], "minor": self._version[1], "git_version": "v1.x"}
+
+    def get(self, api_version, kind, name, namespace=None):
+        if kind == "Secret" and self.secret_forbidden:
+            raise ClusterError("reading Secret ambit-system/ambit-ca: HTTP 403 forbidden")
+        return self.objects.get((kind, name))
+
+    def list(self, api_version, kind, *, namespace=None, selector=""):
+        if kind == "Node":
+            return [{"metadata": {"name": n, "labels": {"kubernetes.io/os": "linux"}}} for n in self.nodes]
+        return self.agents
+
+
+def healthy(*, root_days=3650, issuer_days=3650, replicas=1, available=1) -> dict:
+    objs = {(kind, name): {"metadata": {"name": name}} for kind, name in [
+        ("Namespace", NS), ("ServiceAccount", "ambit-node-agent"), ("ServiceAccount", "ambit-identity"),
+        ("ClusterRole", f"ambit-node-agent-{NS}"), ("ClusterRoleBinding", f"ambit-node-agent-{NS}"),
+        ("ClusterRole", f"ambit-identity-{NS}"), ("ClusterRoleBinding", f"ambit-identity-{NS}"),
+        ("Role", "ambit-node-agent"), ("RoleBinding", "ambit-node-agent"), ("Role", "ambit-identity"),
+        ("RoleBinding", "ambit-identity"), ("DaemonSet", "ambit-node-agent"), ("Service", "ambit-identity")]}
+    objs[("Deployment", "ambit-identity")] = {"metadata": {"name": "ambit-identity"}, "spec": {"replicas": replicas},
+                                              "status": {"availableReplicas": available}}
+    objs[("ConfigMap", "ambit-trust-bundle")] = {"data": {"root-cert.pem": pem(root_days)}}
+    objs[("Secret", "ambit-ca")] = {"data": {"ca.crt": base64.b64encode(pem(issuer_days, cn="issuer").encode()).decode()}}
+    return objs
+
+
+def results(cluster) -> dict[str, check.Result]:
+    return {r.description: r for cat in check.run(cluster) for r in cat.checks}
+
+
+def test_a_healthy_install_passes_every_check():
+    out = results(FakeCluster())
+    assert len(out) == 12 and all(r.result == "success" for r in out.values())
+
+
+def without(*keys):
+    objs = healthy()
+    for key in keys:
+        del objs[key]
+    return objs
+
+
+@pytest.mark.parametrize(
+    ("cluster", "description", "result", "words"),
+    [
+        (FakeCluster(version=("1", "27")), "runs Kubernetes 1.28 or newer", "error", "1.27 is older than 1.28"),
+        (FakeCluster(objects=without(("Role", "ambit-identity"))), "cluster roles, roles and bindings exist", "error",
+         "missing: Role ambit-identity"),
+        (FakeCluster(objects=healthy(replicas=0, available=0)), "the identity CA is ready", "error", "scaled to 0"),
+        (FakeCluster(objects=healthy(available=0)), "the identity CA is ready", "error", "0/1 available replicas"),
+        (FakeCluster(objects=healthy(root_days=30)), "trust anchors are published and valid", "warning",
+         "trust anchor CN=root expires on 2027-01-07 (in less than 60 days)"),
+        (FakeCluster(objects=healthy(root_days=-2)), "trust anchors are published and valid", "error", "expired at"),
+        (FakeCluster(objects=without(("ConfigMap", "ambit-trust-bundle"))), "trust anchors are published and valid",
+         "error", "has no root-cert.pem yet"),
+        (FakeCluster(objects=healthy(issuer_days=10)), "the issuer certificate is valid", "warning", "CN=issuer expires"),
+        (FakeCluster(secret_forbidden=True), "the issuer certificate is valid", "warning", "HTTP 403"),
+        (FakeCluster(agents=[agent("node-2")]), "a node agent runs on every node", "error", "no node agent on node-1"),
+        (FakeCluster(agents=[agent("node-1", agent_ready=False), agent("node-2")]), "every node agent is ready",
+         "error", "not ready on node-1 (ambit-node-agent-node-1)"),
+        (FakeCluster(agents=[agent("node-1"), agent("node-2", cni_ready=False)]), "ambit-cni is chained on every node",
+         "error", "not chained into the CNI config on node-2"),
+    ],
+    ids=["old-kubernetes", "missing-role", "ca-scaled-to-0", "ca-unavailable", "root-expires-soon", "root-expired",
+         "no-trust-bundle", "issuer-expires-soon", "secret-forbidden", "agent-missing", "agent-not-ready",
+         "cni-not-chained"],
+)
+def test_each_problem_is_named_with_a_hint(cluster, description, result, words):
+    r = results(cluster)[description]
+    assert r.result == result and words in r.error, r
+    assert r.hint.startswith("see docs/checks.md#")
+    assert check.succeeded(check.run(cluster)) is (result == "warning")
+
+
+@pytest.mark.parametrize(
+    ("cluster", "ran"),
+    [(FakeCluster(unreachable=True), 1), (FakeCluster(objects=without(("Namespace", NS))), 3)],
+    ids=["api-unreachable", "no-namespace"],
+)
+def test_a_failed_gate_stops_the_run(cluster, ran):
+    out = results(cluster)
+    assert len(out) == ran and list(out.values())[-1].result == "error"
+
+
+def test_outputs():
+    broken = FakeCluster(agents=[agent("node-2")])
+    table = check.render(check.run(broken), output="table")
+    assert "✔ can reach the Kubernetes API" in table
+    assert "× a node agent runs on every node\n    no node agent on node-1" in table
+    assert table.endswith("Status check results are × (11 passed, 0 warnings, 1 failed)")
+    short = check.render(check.run(broken), output="short")
+    assert "✔" not in short.split("Status")[0] and "× a node agent runs on every node" in short
+    doc = json.loads(check.render(check.run(broken), output="json"))
+    assert doc["success"] is False
+    assert [c["name"] for c in doc["categories"]] == ["kubernetes-api", "ambit-install", "ambit-identity", "ambit-agents"]
+    failed = [c for cat in doc["categories"] for c in cat["checks"] if c["result"] == "error"]
+    assert failed == [{"description": "a node agent runs on every node", "result": "error",
+                       "error": failed[0]["error"], "hint": "see docs/checks.md#agent-on-every-node"}]
+
+
+def test_every_hint_names_a_section_of_the_docs():
+    from pathlib import Path
+
+    doc = (Path(check.__file__).resolve().parents[1] / "docs" / "checks.md").read_text()
+    anchors = {anchor for _, checks in check.CATEGORIES for _, anchor, _ in checks}
+    assert all(f"### {a}\n" in doc for a in anchors), sorted(a for a in anchors if f"### {a}\n" not in doc)
