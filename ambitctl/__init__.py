@@ -6,6 +6,7 @@ endpoints and Prometheus) and imports no data-path module.
 - ``apply``: server-side apply of rendered objects, pruning by label, deletion in order, and
   waiting for workloads the way ``helm --wait`` does
 - ``install``: ``ambit install`` and ``ambit uninstall``
+- ``check``: ``ambit check``, the health checks and their table/short/JSON output
 - ``cli``: the parser; other packages add commands through the ``ambit.commands`` entry point
   (the sandbox's ``up``/``down``/``sandbox``), so nothing here imports them
 """
