@@ -5,8 +5,9 @@ does not exist) the run stops there, since every later check would only repeat t
 the API) returning None (passed), or a ``Problem`` (an error, or a warning that does not fail the
 run). Every problem names what is wrong and its hint points to ``docs/checks.md``.
 
-Not yet: ``--pre`` (permissions and kernel features before installing), asking each agent whether
-every enrolled pod is captured (``--proxy``), waypoint and metrics checks; ``docs/checks.md`` says so.
+The data-plane checks ask each node's agent (its ``/debug/pods`` on port 15020, through the API
+server's pod proxy) rather than infer from labels. Not yet: ``--pre`` (permissions and kernel
+features before installing), waypoint and metrics checks; ``docs/checks.md`` says so.
 """
 from __future__ import annotations
 
@@ -79,6 +80,24 @@ class Cluster:
     def list(self, api_version: str, kind: str, *, namespace: str | None = None, selector: str = "") -> list[dict]:
         return self._once(("list", api_version, kind, namespace, selector),
                           lambda: self._applier.list(api_version, kind, namespace=namespace, selector=selector))
+
+    def agent_pods(self, agent_pod: str) -> dict:
+        """An agent's ``/debug/pods`` (port 15020), through the API server's pod proxy."""
+        import json
+
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        def read() -> dict:
+            try:
+                response = client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
+                    f"{agent_pod}:15020", self.namespace, "debug/pods", _request_timeout=10, _preload_content=False)
+                return json.loads(response.data)
+            except ApiException as exc:
+                raise ClusterError(f"HTTP {exc.status} from pods/{agent_pod}:15020/proxy/debug/pods") from exc
+            except (ValueError, OSError) as exc:
+                raise ClusterError(f"pods/{agent_pod}:15020/proxy/debug/pods: {exc}") from exc
+        return self._once(("agent", agent_pod), read)
 
     def _once(self, key: tuple, read: Callable[[], object]):
         if key not in self._cache:
@@ -248,6 +267,83 @@ def cni_chained(c: Cluster) -> Problem | None:
     return None
 
 
+# ---- ambit-data-plane: ask each node's agent ------------------------------------------------
+ENROL_LABEL = "ambit.dev/dataplane-mode"
+
+
+def _enrolled(pod_labels: dict, namespace_labels: dict) -> bool:
+    """As the agent decides (node_agent.state.snapshot.is_enrolled): the pod's label wins."""
+    mode = pod_labels.get(ENROL_LABEL)
+    if mode in ("none", "ambient"):
+        return mode == "ambient"
+    return namespace_labels.get(ENROL_LABEL) == "ambient"
+
+
+def _enrolled_pods(c: Cluster) -> list[dict]:
+    """Running, non-hostNetwork pods that Ambit should have captured (Ambit's own never are)."""
+    ns_labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in c.list("v1", "Namespace")}
+    return [p for p in c.list("v1", "Pod")
+            if p["metadata"]["namespace"] not in (c.namespace, "kube-system")
+            and not p["spec"].get("hostNetwork") and not p["metadata"].get("deletionTimestamp")
+            and (p.get("status") or {}).get("phase") == "Running"
+            and _enrolled(p["metadata"].get("labels") or {}, ns_labels.get(p["metadata"]["namespace"], {}))]
+
+
+def _reported(c: Cluster) -> tuple[dict[str, dict], dict[str, str]]:
+    """uid -> the agent's report of that pod, over every node with an enrolled pod; and node -> why
+    its agent could not be asked."""
+    by_uid: dict[str, dict] = {}
+    unasked: dict[str, str] = {}
+    agents = _agents_by_node(c)
+    for node in sorted({p["spec"].get("nodeName") for p in _enrolled_pods(c)}):
+        agent_pod = agents.get(node)
+        if agent_pod is None:
+            unasked[node] = "no agent"
+            continue
+        try:
+            report = c.agent_pods(agent_pod["metadata"]["name"])
+        except ClusterError as exc:
+            unasked[node] = str(exc)
+            continue
+        by_uid.update({p["uid"]: p for p in report.get("pods") or []})
+    return by_uid, unasked
+
+
+def pods_captured(c: Cluster) -> Problem | None:
+    reported, unasked = _reported(c)
+    bad = []
+    for pod in _enrolled_pods(c):
+        meta = pod["metadata"]
+        where = f"{meta['namespace']}/{meta['name']} on {pod['spec'].get('nodeName')}"
+        r = reported.get(meta["uid"])
+        if r is None:
+            if pod["spec"].get("nodeName") not in unasked:
+                bad.append(f"{where}: not captured by its node's agent")
+        elif r["redirection"] != "installed":
+            bad.append(f"{where}: redirection {r['redirection']}" + (f" ({r['error']})" if r.get("error") else ""))
+    problems = bad + [f"cannot ask the agent on {node} ({why})" for node, why in unasked.items()]
+    if problems:
+        return Problem("; ".join(problems) + ". Its traffic is not meshed as labelled; the agent's log says why "
+                       f"(`kubectl logs -n {c.namespace} <agent pod> -c agent`)")
+    return None
+
+
+def pod_certificates(c: Cluster) -> Problem | None:
+    reported, _ = _reported(c)
+    bad = []
+    for pod in _enrolled_pods(c):
+        r = reported.get(pod["metadata"]["uid"])
+        if r is None or r["redirection"] != "installed":
+            continue  # the capture check names it
+        cert = r.get("certificate") or {}
+        if cert.get("state") not in ("valid", "renewing"):
+            bad.append(f"{pod['metadata']['namespace']}/{pod['metadata']['name']} ({r.get('identity')}): "
+                       f"certificate {cert.get('state') or 'missing'}")
+    if bad:
+        return Problem("; ".join(bad) + ". Its connections fail until the CA signs one: is the CA ready?")
+    return None
+
+
 CATEGORIES: list[tuple[str, list[tuple[str, str, Check]]]] = [
     ("kubernetes-api", [
         ("can reach the Kubernetes API", "api-reachable", api_reachable),
@@ -268,6 +364,10 @@ CATEGORIES: list[tuple[str, list[tuple[str, str, Check]]]] = [
         ("a node agent runs on every node", "agent-on-every-node", agent_on_every_node),
         ("every node agent is ready", "agents-ready", agents_ready),
         ("ambit-cni is chained on every node", "cni-chained", cni_chained),
+    ]),
+    ("ambit-data-plane", [
+        ("every enrolled pod is captured (asked of its node's agent)", "pods-captured", pods_captured),
+        ("every captured pod holds a valid certificate", "pod-certificates", pod_certificates),
     ]),
 ]
 

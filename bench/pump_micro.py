@@ -22,7 +22,7 @@ from pathlib import Path
 
 import uvloop
 
-from bench.pki import SERVER_NAME, write_pki
+from bench.pki import write_pki
 from node_agent.proxy.pump import Pump, Stream
 
 

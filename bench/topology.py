@@ -159,14 +159,15 @@ class Topology:
 
     # ---- the node agents ------------------------------------------------------------------
     def agent_pids(self) -> dict[str, int]:
-        """node name -> pid of that node's agent process (a ``node-agent`` whose pod talks to our API)."""
+        """node name -> pid of that node's agent process: ``ambit-agent node-agent`` (the argument, not the
+        installer's ``--uninstall-if-daemonset-gone=ambit-node-agent``) whose pod talks to our API."""
         marker = f"KUBERNETES_SERVICE_HOST={self.cfg.host_ip}".encode()
         found: dict[str, int] = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
             try:
-                cmdline = (entry / "cmdline").read_bytes()
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
                 if b"node-agent" not in cmdline:
                     continue
                 env = (entry / "environ").read_bytes().split(b"\0")

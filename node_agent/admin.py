@@ -2,7 +2,10 @@
 
 - admin, localhost:15000: ``/config_dump`` (the snapshot, certificates, redirection, connections:
   it shows the node's traffic, so never beyond localhost) and ``/healthz/ready``;
-- metrics, :15020: ``/metrics`` in Prometheus' text format;
+- metrics, :15020: ``/metrics`` in Prometheus' text format, and ``/debug/pods``: the pods this agent
+  captured, each with its redirection state read live from its netns and its certificate's state
+  and expiry (names and states only, as in the metrics; no addresses, keys or connections), for
+  ``ambit check`` through the API server's pod proxy;
 - health, :15021: ``/healthz/ready`` for the kubelet's readiness probe.
 
 ``serve`` starts them from what the agent hands in; ``config_dump`` builds the dump's body from a
@@ -19,6 +22,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 
 from node_agent.settings import AgentSettings
 from node_agent.state.snapshot import Snapshot
+
+
+def pods_report(snap: Snapshot, *, ready: bool, certificates: list, redirection: list) -> dict:
+    """``/debug/pods``: per captured pod its redirection state and its identity's certificate."""
+    certs = {c["identity"]: {"state": c["state"], "not_after": c["not_after"]} for c in certificates}
+    pods = [{"namespace": r.get("namespace"), "name": r.get("name"), "uid": r["uid"], "redirection": r["redirection"],
+             "error": r.get("error"), "identity": r.get("identity"), "certificate": certs.get(r.get("identity"))}
+            for r in redirection]
+    return {"node": snap.node, "ready": ready, "pods": pods}
 
 
 def config_dump(snap: Snapshot, *, ready: bool, certificates: list, redirection: list, connections: list) -> dict:
@@ -46,12 +58,15 @@ def config_dump(snap: Snapshot, *, ready: bool, certificates: list, redirection:
     }
 
 
-async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]], is_ready: Callable[[], bool],
-                registry: CollectorRegistry) -> list[web.AppRunner]:
+async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]], pods: Callable[[], Awaitable[dict]],
+                is_ready: Callable[[], bool], registry: CollectorRegistry) -> list[web.AppRunner]:
     """Listen on the three ports; the caller cleans the runners up."""
 
     async def config(request: web.Request) -> web.Response:
         return web.json_response(await dump(), dumps=functools.partial(json.dumps, indent=2, default=str))
+
+    async def pods_page(request: web.Request) -> web.Response:
+        return web.json_response(await pods(), dumps=functools.partial(json.dumps, indent=2, default=str))
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -66,6 +81,7 @@ async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]],
     admin.router.add_get("/healthz/ready", ready)
     prom = web.Application()
     prom.router.add_get("/metrics", metrics)
+    prom.router.add_get("/debug/pods", pods_page)
     health = web.Application()
     health.router.add_get("/healthz/ready", ready)
     runners: list[web.AppRunner] = []

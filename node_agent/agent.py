@@ -233,6 +233,11 @@ class Agent:
                 log.exception("reconcile failed; retrying on the next change")
 
     # ---- admin ----------------------------------------------------------------------------
+    async def pods_report(self) -> dict:
+        redirection = await asyncio.to_thread(self.captures.dump)
+        return admin.pods_report(self.holder.current, ready=self.ready, certificates=self.certs.snapshot(),
+                                 redirection=redirection)
+
     async def config_dump(self) -> dict:
         redirection = await asyncio.to_thread(self.captures.dump)
         return admin.config_dump(self.holder.current, ready=self.ready, certificates=self.certs.snapshot(),
@@ -263,7 +268,7 @@ class Agent:
                                  observer=MetricsObserver(self.metrics), registry=self.registry)
             self.captures = PodCaptures(inputs=inputs, worker=worker, sockets=self.sockets, records=self.records,
                                         certs=self.certs)
-            runners = await admin.serve(s, dump=self.config_dump, is_ready=lambda: self.ready,
+            runners = await admin.serve(s, dump=self.config_dump, pods=self.pods_report, is_ready=lambda: self.ready,
                                         registry=self.metrics.registry)
             while not all(r.synced.is_set() for r in self.reflectors.values()):
                 if stop.is_set():

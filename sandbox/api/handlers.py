@@ -19,7 +19,7 @@ from typing import Any, Awaitable, Callable
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, protobuf, registry
+from . import discovery, errors, protobuf, proxy, registry
 from .deletion import DeleteOptions, DeleteOptionsError, DeleteOptionsInvalid, parse_options
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotAcceptable, NotFound, UnsupportedMediaType
 from .protobuf import ProtobufError
@@ -336,6 +336,10 @@ class Handlers:
         return Target(rt, ns, name, sub, legacy_watch)
 
     async def _resource(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
+        if not group and len(rest) >= 5 and rest[0] == "namespaces" and rest[2] == "pods" and rest[4] == "proxy":
+            ns, ref = rest[1], rest[3]
+            pod = self.resources.get(registry.lookup("", "v1", "pods"), ns, proxy.parse_target(ref)[0]).obj
+            return await proxy.forward(request, pod, namespace=ns, ref=ref, path=rest[5:])
         t = self._target(group, version, rest)
         q = request.query
         method = request.method

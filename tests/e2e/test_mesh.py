@@ -279,15 +279,30 @@ def _agent_running(sb: Sandbox, node: str) -> bool:
 
 
 def _check(sb: Sandbox, *args: str):
-    return sb.ambit("check", "--kubeconfig", str(sb.cfg.kubeconfig_path), *args, check=False)
+    return sb.ambit("check", "--kubeconfig", str(sb.cfg.kubeconfig_path), *args, check=False, timeout=120)
 
 
-def test_check_passes_on_a_healthy_mesh(sb):
+def test_check_passes_on_a_healthy_mesh_and_sees_a_pod_lose_its_rules(sb):
+    _label(sb, True)
     out = _check(sb, "--wait", "60")
     assert out.returncode == 0, out.stdout + out.stderr
-    assert out.stdout.count("✔") >= 12 and "×" not in out.stdout.split("Status")[0]
+    assert out.stdout.count("✔") >= 14 and "×" not in out.stdout.split("Status")[0]
+    assert "✔ every enrolled pod is captured (asked of its node's agent)" in out.stdout
     doc = json.loads(_check(sb, "-o", "json").stdout)
     assert doc["success"] is True
+    # someone deletes the client's redirection by hand: the agent, asked, reports it
+    client_uid = sb.get("pod", "-n", "shop", "client")["metadata"]["uid"]
+    flushed = subprocess.run(["nsenter", f"--net=/run/netns/{sb.cfg.pod_netns(client_uid)}", "--",
+                              "iptables", "-t", "nat", "-F"], capture_output=True, text=True)
+    assert flushed.returncode == 0, flushed.stderr
+    try:
+        out = _check(sb, "-o", "short")
+        assert out.returncode == 1 and "× every enrolled pod is captured" in out.stdout, out.stdout
+        assert "shop/client on node-1: redirection " in out.stdout and "see docs/checks.md#pods-captured" in out.stdout
+    finally:
+        _label(sb, False)  # releasing and enrolling again installs the rules afresh
+        _label(sb, True)
+    assert _check(sb, "--wait", "30").returncode == 0
 
 
 def test_agent_down_fails_closed_and_recovers_without_pod_restarts(sb, tmp_path):

@@ -34,13 +34,39 @@ def agent(node: str, *, agent_ready=True, cni_ready=True) -> dict:
                                              {"name": "install-cni", "ready": cni_ready}]}}
 
 
+def app_pod(name, *, node="node-1", ns="shop", labels=None, host_network=False, phase="Running") -> dict:
+    return {"metadata": {"name": name, "namespace": ns, "uid": f"uid-{name}", "labels": labels or {}},
+            "spec": {"nodeName": node, "hostNetwork": host_network}, "status": {"phase": phase}}
+
+
+def report(*pods: tuple[str, str, str]) -> dict:
+    """(pod name, redirection, certificate state) -> an agent's /debug/pods."""
+    return {"pods": [{"namespace": "shop", "name": n, "uid": f"uid-{n}", "redirection": r, "identity": f"spiffe://x/{n}",
+                      "certificate": {"state": cert, "not_after": "2026-12-09T00:00:00+00:00"} if cert else None}
+                     for n, r, cert in pods]}
+
+
+ENROLLED_NS = [{"metadata": {"name": "shop", "labels": {"ambit.dev/dataplane-mode": "ambient"}}},
+               {"metadata": {"name": "plain", "labels": {}}}]
+APPS = [app_pod("web"), app_pod("db", node="node-2"), app_pod("legacy", labels={"ambit.dev/dataplane-mode": "none"}),
+        app_pod("loner", ns="plain"), app_pod("hostnet", host_network=True), app_pod("done", phase="Succeeded")]
+CAPTURED = {"node-1": report(("web", "installed", "valid")), "node-2": report(("db", "installed", "renewing"))}
+
+
 class FakeCluster(check.Cluster):
     def __init__(self, *, objects=None, nodes=("node-1", "node-2"), agents=None, version=("1", "30"),
-                 unreachable=False, secret_forbidden=False):
+                 unreachable=False, secret_forbidden=False, apps=(), reports=None):
         self.namespace, self.now = NS, NOW
         self.objects = objects if objects is not None else healthy()
         self.nodes, self.agents = nodes, agents if agents is not None else [agent(n) for n in nodes]
         self._version, self.unreachable, self.secret_forbidden = version, unreachable, secret_forbidden
+        self.apps, self.reports = list(apps), reports or {}
+
+    def agent_pods(self, agent_pod):
+        node = agent_pod.removeprefix("ambit-node-agent-")
+        if node not in self.reports:
+            raise ClusterError(f"HTTP 503 from pods/{agent_pod}:15020/proxy/debug/pods")
+        return self.reports[node]
 
     def version(self):
         if self.unreachable:
@@ -55,7 +81,9 @@ class FakeCluster(check.Cluster):
     def list(self, api_version, kind, *, namespace=None, selector=""):
         if kind == "Node":
             return [{"metadata": {"name": n, "labels": {"kubernetes.io/os": "linux"}}} for n in self.nodes]
-        return self.agents
+        if kind == "Namespace":
+            return ENROLLED_NS
+        return self.agents if namespace == NS else self.apps
 
 
 def healthy(*, root_days=3650, issuer_days=3650, replicas=1, available=1) -> dict:
@@ -77,8 +105,33 @@ def results(cluster) -> dict[str, check.Result]:
 
 
 def test_a_healthy_install_passes_every_check():
-    out = results(FakeCluster())
-    assert len(out) == 12 and all(r.result == "success" for r in out.values())
+    out = results(FakeCluster(apps=APPS, reports=CAPTURED))
+    assert len(out) == 14 and all(r.result == "success" for r in out.values())
+    assert results(FakeCluster())["every enrolled pod is captured (asked of its node's agent)"].result == "success"
+
+
+@pytest.mark.parametrize(
+    ("reports", "description", "words"),
+    [
+        ({"node-1": report(), "node-2": CAPTURED["node-2"]}, "every enrolled pod is captured (asked of its node's agent)",
+         "shop/web on node-1: not captured by its node's agent"),
+        ({"node-1": report(("web", "partial", "valid")), "node-2": CAPTURED["node-2"]},
+         "every enrolled pod is captured (asked of its node's agent)", "shop/web on node-1: redirection partial"),
+        ({"node-2": CAPTURED["node-2"]}, "every enrolled pod is captured (asked of its node's agent)",
+         "cannot ask the agent on node-1 (HTTP 503 from pods/ambit-node-agent-node-1:15020/proxy/debug/pods)"),
+        ({"node-1": report(("web", "installed", "expired")), "node-2": CAPTURED["node-2"]},
+         "every captured pod holds a valid certificate", "shop/web (spiffe://x/web): certificate expired"),
+        ({"node-1": report(("web", "installed", None)), "node-2": CAPTURED["node-2"]},
+         "every captured pod holds a valid certificate", "certificate missing"),
+    ],
+    ids=["not-captured", "rules-partial", "agent-unreachable", "cert-expired", "no-cert"],
+)
+def test_the_agents_are_asked_about_every_enrolled_pod(reports, description, words):
+    """Only the enrolled, running, non-hostNetwork pods count: opt-outs and other namespaces do not."""
+    r = results(FakeCluster(apps=APPS, reports=reports))[description]
+    assert r.result == "error" and words in r.error, r
+    others = [x for x in results(FakeCluster(apps=APPS, reports=reports)).values() if x.description != description]
+    assert all(x.result == "success" for x in others if "captured" not in x.description)
 
 
 def without(*keys):
@@ -135,12 +188,13 @@ def test_outputs():
     table = check.render(check.run(broken), output="table")
     assert "✔ can reach the Kubernetes API" in table
     assert "× a node agent runs on every node\n    no node agent on node-1" in table
-    assert table.endswith("Status check results are × (11 passed, 0 warnings, 1 failed)")
+    assert table.endswith("Status check results are × (13 passed, 0 warnings, 1 failed)")
     short = check.render(check.run(broken), output="short")
     assert "✔" not in short.split("Status")[0] and "× a node agent runs on every node" in short
     doc = json.loads(check.render(check.run(broken), output="json"))
     assert doc["success"] is False
-    assert [c["name"] for c in doc["categories"]] == ["kubernetes-api", "ambit-install", "ambit-identity", "ambit-agents"]
+    assert [c["name"] for c in doc["categories"]] == ["kubernetes-api", "ambit-install", "ambit-identity", "ambit-agents",
+                                                      "ambit-data-plane"]
     failed = [c for cat in doc["categories"] for c in cat["checks"] if c["result"] == "error"]
     assert failed == [{"description": "a node agent runs on every node", "result": "error",
                        "error": failed[0]["error"], "hint": "see docs/checks.md#agent-on-every-node"}]
