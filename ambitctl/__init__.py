@@ -7,6 +7,7 @@ endpoints and Prometheus) and imports no data-path module.
   waiting for workloads the way ``helm --wait`` does
 - ``install``: ``ambit install`` and ``ambit uninstall``
 - ``check``: ``ambit check``, the health checks and their table/short/JSON output
+- ``node``: ``ambit node redirection|certs``, one node's agent's view of the pods it captured
 - ``cli``: the parser; other packages add commands through the ``ambit.commands`` entry point
   (the sandbox's ``up``/``down``/``sandbox``), so nothing here imports them
 """

@@ -59,6 +59,21 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0 if check.succeeded(categories) else 1
 
 
+def cmd_node(args: argparse.Namespace) -> int:
+    from ambitctl import check, node
+    from ambitctl.apply import connect
+
+    cluster = check.Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
+    target = node.resolve(cluster, node=args.node, pod_ref=args.pod, namespace=args.namespace)
+    doc = node.report(cluster, target)
+    rows = (node.redirection_rows if args.what == "redirection" else node.cert_rows)(doc, node=target.node)
+    if not rows and args.output != "json":
+        print(f"no captured pods on {target.node}" + (f" named {'/'.join(target.pod)}" if target.pod else ""))
+        return 0
+    print(node.render(rows, what=args.what, output=args.output))
+    return 0
+
+
 def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout: bool = True) -> None:
     from ambitctl.chart import NAMESPACE, RELEASE
 
@@ -72,7 +87,7 @@ def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from ambitctl.chart import DEFAULT_CHART
+    from ambitctl.chart import DEFAULT_CHART, NAMESPACE
 
     p = argparse.ArgumentParser(prog="ambit", description="Ambit: an ambient service mesh for Kubernetes")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -101,13 +116,29 @@ def build_parser() -> argparse.ArgumentParser:
                      help="retry until every check passes or this many seconds have passed (default: no retry)")
     chk.set_defaults(func=cmd_check)
 
+    nd = sub.add_parser("node", help="what one node's agent says: redirection or certs of the pods it captured")
+    nd.add_argument("what", choices=("redirection", "certs"))
+    nd.add_argument("pod", nargs="?", help="a pod (NAME in -n's namespace, or NAMESPACE/NAME): its node, its rows")
+    nd.add_argument("--node", help="a node: every pod its agent captured")
+    nd.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    nd.add_argument("--context", help="kubeconfig context (default: the current one)")
+    nd.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: %(default)s)")
+    nd.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
+    nd.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table")
+    nd.set_defaults(func=cmd_node)
+
     for ep in entry_points(group="ambit.commands"):
         ep.load()(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    if extra and args.cmd == "node" and args.pod is None and len(extra) == 1 and not extra[0].startswith("-"):
+        args.pod = extra[0]  # `ambit node certs -n demo web-1`: the pod after an option, as kubectl takes it
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

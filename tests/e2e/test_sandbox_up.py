@@ -1,6 +1,7 @@
 """`ambit up` / `ambit down` as a user runs them, on a sandbox of its own (never the demo's)."""
 import json
 import os
+from datetime import datetime, timezone
 import subprocess
 import sys
 from pathlib import Path
@@ -44,6 +45,28 @@ def test_ambit_is_installed_from_its_chart(sandbox):
     unlabelled = [f"{o['kind']}/{o['metadata']['name']}" for o in ours
                   if "helm.sh/chart" not in (o["metadata"].get("labels") or {})]
     assert not unlabelled, unlabelled
+
+
+def test_node_commands_show_what_each_agent_captured(sandbox):
+    """The demo is enrolled: every demo pod on node-1 is listed as captured by node-1's agent, and
+    `ambit node certs` names each pod's SPIFFE identity and expiry."""
+    pods = json.loads(kubectl(sandbox, "get", "pods", "-n", "demo", "-o", "json").stdout)["items"]
+    on_node_1 = sorted(p["metadata"]["name"] for p in pods if p["spec"]["nodeName"] == "node-1")
+    kubeconfig = subprocess.run([*AMBIT, "sandbox", "kubeconfig"], env=sandbox, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    out = subprocess.run([*AMBIT, "node", "redirection", "--node", "node-1", "--kubeconfig", kubeconfig],
+                         env=sandbox, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = [line.split() for line in out.stdout.splitlines()[2:]]
+    assert sorted(r[1] for r in rows) == on_node_1 and all(r[2:] == ["node-1", "iptables", "captured"] for r in rows), \
+        out.stdout
+    certs = subprocess.run([*AMBIT, "node", "certs", "-o", "json", "--node", "node-1", "--kubeconfig", kubeconfig],
+                           env=sandbox, capture_output=True, text=True, timeout=30)
+    assert certs.returncode == 0, certs.stderr
+    for row in json.loads(certs.stdout):
+        sa = next(p["spec"].get("serviceAccountName", "default") for p in pods if p["metadata"]["name"] == row["pod"])
+        assert row["identity"] == f"spiffe://cluster.local/ns/demo/sa/{sa}" and row["state"] == "valid"
+        assert datetime.fromisoformat(row["expires"]) > datetime.now(timezone.utc)
 
 
 def test_a_bad_chart_value_stops_up_before_anything_is_built(tmp_path):
