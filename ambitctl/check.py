@@ -14,15 +14,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import timedelta
 
+from ambitctl.cluster import AGENT, IDENTITY, Cluster, agents_by_node, enrolled_pods, linux_nodes, ready
 from ambitctl.errors import AmbitctlError, ClusterError
 
 DOCS = "docs/checks.md"
 MIN_KUBERNETES = (1, 28)
 EXPIRY_WARNING = timedelta(days=60)
-AGENT = "ambit-node-agent"
-IDENTITY = "ambit-identity"
 
 
 @dataclass(frozen=True)
@@ -47,62 +46,6 @@ class Result:
 class Category:
     name: str
     checks: list[Result] = field(default_factory=list)
-
-
-class Cluster:
-    """What the checks read, each read at most once per run (the API answers are cached)."""
-
-    def __init__(self, api_client, *, namespace: str, now: datetime | None = None) -> None:
-        from ambitctl.apply import Applier
-
-        self.api_client = api_client
-        self.namespace = namespace
-        self.now = now or datetime.now(timezone.utc)
-        self._applier = Applier(api_client)
-        self._cache: dict[tuple, object] = {}
-
-    def version(self) -> dict:
-        from kubernetes import client
-
-        def read():
-            try:
-                return client.VersionApi(self.api_client).get_code().to_dict()
-            except Exception as exc:  # the first contact: any failure means "cannot talk to the API"
-                raise ClusterError(f"cannot reach the Kubernetes API at {self.api_client.configuration.host}: {exc}") from exc
-        return self._once(("version",), read)
-
-    def get(self, api_version: str, kind: str, name: str, namespace: str | None = None) -> dict | None:
-        from ambitctl.apply import Ref
-
-        return self._once(("get", api_version, kind, name, namespace),
-                          lambda: self._applier.get(Ref(api_version, kind, namespace, name)))
-
-    def list(self, api_version: str, kind: str, *, namespace: str | None = None, selector: str = "") -> list[dict]:
-        return self._once(("list", api_version, kind, namespace, selector),
-                          lambda: self._applier.list(api_version, kind, namespace=namespace, selector=selector))
-
-    def agent_pods(self, agent_pod: str) -> dict:
-        """An agent's ``/debug/pods`` (port 15020), through the API server's pod proxy."""
-        import json
-
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        def read() -> dict:
-            try:
-                response = client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
-                    f"{agent_pod}:15020", self.namespace, "debug/pods", _request_timeout=10, _preload_content=False)
-                return json.loads(response.data)
-            except ApiException as exc:
-                raise ClusterError(f"HTTP {exc.status} from pods/{agent_pod}:15020/proxy/debug/pods") from exc
-            except (ValueError, OSError) as exc:
-                raise ClusterError(f"pods/{agent_pod}:15020/proxy/debug/pods: {exc}") from exc
-        return self._once(("agent", agent_pod), read)
-
-    def _once(self, key: tuple, read: Callable[[], object]):
-        if key not in self._cache:
-            self._cache[key] = read()
-        return self._cache[key]
 
 
 Check = Callable[[Cluster], "Problem | None"]
@@ -224,25 +167,8 @@ def issuer_valid(c: Cluster) -> Problem | None:
 
 
 # ---- ambit-agents --------------------------------------------------------------------------
-def _ready(pod: dict, container: str | None = None) -> bool:
-    status = pod.get("status") or {}
-    if container is None:
-        return any(cond["type"] == "Ready" and cond["status"] == "True" for cond in status.get("conditions") or [])
-    return any(cs["name"] == container and cs.get("ready") for cs in status.get("containerStatuses") or [])
-
-
-def _linux_nodes(c: Cluster) -> list[str]:
-    return sorted(n["metadata"]["name"] for n in c.list("v1", "Node")
-                  if (n["metadata"].get("labels") or {}).get("kubernetes.io/os", "linux") == "linux")
-
-
-def _agents_by_node(c: Cluster) -> dict[str, dict]:
-    pods = c.list("v1", "Pod", namespace=c.namespace, selector="app.kubernetes.io/component=node-agent")
-    return {p["spec"].get("nodeName"): p for p in pods if not p["metadata"].get("deletionTimestamp")}
-
-
 def agent_on_every_node(c: Cluster) -> Problem | None:
-    without = [n for n in _linux_nodes(c) if n not in _agents_by_node(c)]
+    without = [n for n in linux_nodes(c) if n not in agents_by_node(c)]
     if without:
         return Problem(f"no node agent on {', '.join(without)}: pods there are not protected and new ones wait "
                        f"(cni.failClosed); check the DaemonSet's nodeSelector and tolerations "
@@ -251,8 +177,8 @@ def agent_on_every_node(c: Cluster) -> Problem | None:
 
 
 def agents_ready(c: Cluster) -> Problem | None:
-    bad = sorted(f"{node} ({pod['metadata']['name']})" for node, pod in _agents_by_node(c).items()
-                 if not _ready(pod, "agent"))
+    bad = sorted(f"{node} ({pod['metadata']['name']})" for node, pod in agents_by_node(c).items()
+                 if not ready(pod, "agent"))
     if bad:
         return Problem(f"the node agent is not ready on {', '.join(bad)}; "
                        f"`kubectl logs -n {c.namespace} <pod> -c agent` says why")
@@ -260,7 +186,7 @@ def agents_ready(c: Cluster) -> Problem | None:
 
 
 def cni_chained(c: Cluster) -> Problem | None:
-    bad = sorted(node for node, pod in _agents_by_node(c).items() if not _ready(pod, "install-cni"))
+    bad = sorted(node for node, pod in agents_by_node(c).items() if not ready(pod, "install-cni"))
     if bad:
         return Problem(f"ambit-cni is not chained into the CNI config on {', '.join(bad)}; "
                        f"`kubectl logs -n {c.namespace} <pod> -c install-cni` says why")
@@ -268,34 +194,13 @@ def cni_chained(c: Cluster) -> Problem | None:
 
 
 # ---- ambit-data-plane: ask each node's agent ------------------------------------------------
-ENROL_LABEL = "ambit.dev/dataplane-mode"
-
-
-def _enrolled(pod_labels: dict, namespace_labels: dict) -> bool:
-    """As the agent decides (node_agent.state.snapshot.is_enrolled): the pod's label wins."""
-    mode = pod_labels.get(ENROL_LABEL)
-    if mode in ("none", "ambient"):
-        return mode == "ambient"
-    return namespace_labels.get(ENROL_LABEL) == "ambient"
-
-
-def _enrolled_pods(c: Cluster) -> list[dict]:
-    """Running, non-hostNetwork pods that Ambit should have captured (Ambit's own never are)."""
-    ns_labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in c.list("v1", "Namespace")}
-    return [p for p in c.list("v1", "Pod")
-            if p["metadata"]["namespace"] not in (c.namespace, "kube-system")
-            and not p["spec"].get("hostNetwork") and not p["metadata"].get("deletionTimestamp")
-            and (p.get("status") or {}).get("phase") == "Running"
-            and _enrolled(p["metadata"].get("labels") or {}, ns_labels.get(p["metadata"]["namespace"], {}))]
-
-
 def _reported(c: Cluster) -> tuple[dict[str, dict], dict[str, str]]:
     """uid -> the agent's report of that pod, over every node with an enrolled pod; and node -> why
     its agent could not be asked."""
     by_uid: dict[str, dict] = {}
     unasked: dict[str, str] = {}
-    agents = _agents_by_node(c)
-    for node in sorted({p["spec"].get("nodeName") for p in _enrolled_pods(c)}):
+    agents = agents_by_node(c)
+    for node in sorted({p["spec"].get("nodeName") for p in enrolled_pods(c)}):
         agent_pod = agents.get(node)
         if agent_pod is None:
             unasked[node] = "no agent"
@@ -312,7 +217,7 @@ def _reported(c: Cluster) -> tuple[dict[str, dict], dict[str, str]]:
 def pods_captured(c: Cluster) -> Problem | None:
     reported, unasked = _reported(c)
     bad = []
-    for pod in _enrolled_pods(c):
+    for pod in enrolled_pods(c):
         meta = pod["metadata"]
         where = f"{meta['namespace']}/{meta['name']} on {pod['spec'].get('nodeName')}"
         r = reported.get(meta["uid"])
@@ -331,7 +236,7 @@ def pods_captured(c: Cluster) -> Problem | None:
 def pod_certificates(c: Cluster) -> Problem | None:
     reported, _ = _reported(c)
     bad = []
-    for pod in _enrolled_pods(c):
+    for pod in enrolled_pods(c):
         r = reported.get(pod["metadata"]["uid"])
         if r is None or r["redirection"] != "installed":
             continue  # the capture check names it

@@ -60,10 +60,11 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def cmd_node(args: argparse.Namespace) -> int:
-    from ambitctl import check, node
+    from ambitctl import node
     from ambitctl.apply import connect
+    from ambitctl.cluster import Cluster
 
-    cluster = check.Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
+    cluster = Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
     target = node.resolve(cluster, node=args.node, pod_ref=args.pod, namespace=args.namespace)
     doc = node.report(cluster, target)
     rows = (node.redirection_rows if args.what == "redirection" else node.cert_rows)(doc, node=target.node)
@@ -72,6 +73,17 @@ def cmd_node(args: argparse.Namespace) -> int:
         return 0
     print(node.render(rows, what=args.what, output=args.output))
     return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from ambitctl import explain
+    from ambitctl.apply import connect
+    from ambitctl.cluster import Cluster
+
+    cluster = Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
+    result = explain.explain(cluster, namespace=args.namespace, source=args.source, destination=args.destination)
+    print(explain.render(result, output=args.output))
+    return 1 if result.broken else 0
 
 
 def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout: bool = True) -> None:
@@ -126,6 +138,16 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
     nd.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table")
     nd.set_defaults(func=cmd_node)
+
+    ex = sub.add_parser("explain", help="walk one path hop by hop and name the first broken link (exit 1)")
+    ex.add_argument("source", help="pod/NAME or deploy/NAME")
+    ex.add_argument("destination", help="svc/NAME[:PORT], pod/NAME[:PORT] or IP:PORT")
+    ex.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
+    ex.add_argument("--context", help="kubeconfig context (default: the current one)")
+    ex.add_argument("-n", "--namespace", default="default", help="namespace of SRC and DST (default: %(default)s)")
+    ex.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
+    ex.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    ex.set_defaults(func=cmd_explain)
 
     for ep in entry_points(group="ambit.commands"):
         ep.load()(sub)

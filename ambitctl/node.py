@@ -13,9 +13,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ambitctl.cluster import agents_by_node
 from ambitctl.errors import AmbitctlError
-
-AGENT_SELECTOR = "app.kubernetes.io/component=node-agent"
 
 
 @dataclass(frozen=True)
@@ -44,11 +43,10 @@ def resolve(cluster, *, node: str | None, pod_ref: str | None, namespace: str) -
 
 
 def report(cluster, target: Target) -> dict:
-    agents = [p for p in cluster.list("v1", "Pod", namespace=cluster.namespace, selector=AGENT_SELECTOR)
-              if p["spec"].get("nodeName") == target.node]
-    if not agents:
+    agent = agents_by_node(cluster).get(target.node)
+    if agent is None:
         raise AmbitctlError(f"no Ambit node agent on node {target.node}; `ambit check` says why")
-    doc = cluster.agent_pods(agents[0]["metadata"]["name"])
+    doc = cluster.agent_pods(agent["metadata"]["name"])
     if target.pod:
         doc = {**doc, "pods": [p for p in doc.get("pods") or [] if (p.get("namespace"), p.get("name")) == target.pod]}
     return doc

@@ -4,6 +4,7 @@ import os
 from datetime import datetime, timezone
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,28 @@ def test_down_leaves_nothing(tmp_path):
     assert not (tmp_path / "dnt").exists()
     again = subprocess.run([*AMBIT, "down"], env=env, capture_output=True, text=True, timeout=60)
     assert again.returncode == 0 and "nothing" in again.stdout
+
+
+def test_explain_walks_web_to_emoji_and_names_a_missing_endpoint(sandbox):
+    """Runs last on the demo: it scales emoji to 0 (and back)."""
+    kubeconfig = subprocess.run([*AMBIT, "sandbox", "kubeconfig"], env=sandbox, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    web = json.loads(kubectl(sandbox, "get", "pods", "-n", "demo", "-l", "app=web", "-o", "json").stdout)["items"][0]
+
+    def explain(*args):
+        return subprocess.run([*AMBIT, "explain", "-n", "demo", *args, "--kubeconfig", kubeconfig], env=sandbox,
+                              capture_output=True, text=True, timeout=30)
+
+    ok = explain(f"pod/{web['metadata']['name']}", "svc/emoji")
+    assert ok.returncode == 0 and ok.stdout.splitlines()[-1] == "verdict: ok", ok.stdout + ok.stderr
+    assert "✔ destination svc/emoji: 2 ready endpoint(s)" in ok.stdout
+    kubectl(sandbox, "scale", "-n", "demo", "deployment/emoji", "--replicas=0")
+    try:
+        deadline = time.monotonic() + 30
+        while (out := explain("deploy/web", "svc/emoji", "-o", "json")).returncode == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        doc = json.loads(out.stdout)
+        assert out.returncode == 1 and doc["verdict"] == "broken" and doc["reason"] == "NO_ENDPOINTS", out.stdout
+    finally:
+        kubectl(sandbox, "scale", "-n", "demo", "deployment/emoji", "--replicas=2")
+        kubectl(sandbox, "rollout", "status", "-n", "demo", "deployment/emoji", "--timeout=60s")

@@ -46,7 +46,7 @@ class FakeCluster:
         return {"web-1": {"spec": {"nodeName": "node-1"}}, "pending": {"spec": {}}}.get(name)
 
     def list(self, api_version, kind, *, namespace=None, selector=""):
-        return [{"metadata": {"name": "agent-a"}, "spec": {"nodeName": "node-1"}}]
+        return [{"metadata": {"name": "agent-a"}, "spec": {"nodeName": "node-1"}}]  # the agents
 
     def agent_pods(self, name):
         assert name == "agent-a"
