@@ -86,11 +86,16 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if result.broken else 0
 
 
-def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout: bool = True) -> None:
-    from ambitctl.chart import NAMESPACE, RELEASE
-
+def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
+
+
+def _ambit_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout: bool = True) -> None:
+    """Commands about Ambit itself: ``-n`` is Ambit's namespace."""
+    from ambitctl.chart import NAMESPACE, RELEASE
+
+    _connection_flags(p)
     p.add_argument("-n", "--namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
     if release:
         p.add_argument("--release", default=RELEASE, help="release name, as in helm (default: %(default)s)")
@@ -98,15 +103,25 @@ def _cluster_flags(p: argparse.ArgumentParser, *, release: bool = True, timeout:
         p.add_argument("--timeout", type=float, default=300, help="seconds to wait (default: %(default)s)")
 
 
+def _workload_flags(p: argparse.ArgumentParser, *, what: str, outputs: tuple[str, ...]) -> None:
+    """Commands about users' workloads: ``-n`` is theirs, ``--ambit-namespace`` Ambit's."""
+    from ambitctl.chart import NAMESPACE
+
+    _connection_flags(p)
+    p.add_argument("-n", "--namespace", default="default", help=f"namespace of {what} (default: %(default)s)")
+    p.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
+    p.add_argument("-o", "--output", choices=outputs, default="table")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    from ambitctl.chart import DEFAULT_CHART, NAMESPACE
+    from ambitctl.chart import DEFAULT_CHART
 
     p = argparse.ArgumentParser(prog="ambit", description="Ambit: an ambient service mesh for Kubernetes")
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     ins = sub.add_parser("install", help="install or upgrade Ambit from its Helm chart (server-side apply)")
-    _cluster_flags(ins)
+    _ambit_flags(ins)
     ins.add_argument("-f", "--values", action="append", default=[], metavar="FILE",
                      help="a values file (repeatable; later files win)")
     ins.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -117,11 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     ins.set_defaults(func=cmd_install)
 
     uni = sub.add_parser("uninstall", help="remove every Ambit object and unchain ambit-cni from every node")
-    _cluster_flags(uni)
+    _ambit_flags(uni)
     uni.set_defaults(func=cmd_uninstall)
 
     chk = sub.add_parser("check", help="check that Ambit is installed and healthy (exit 1 on any failure)")
-    _cluster_flags(chk, release=False, timeout=False)
+    _ambit_flags(chk, release=False, timeout=False)
     chk.add_argument("-o", "--output", choices=("table", "json", "short"), default="table",
                      help="table: every check; short: only problems; json: for scripts (default: %(default)s)")
     chk.add_argument("--wait", type=float, default=0, metavar="SECONDS",
@@ -132,21 +147,13 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("what", choices=("redirection", "certs"))
     nd.add_argument("pod", nargs="?", help="a pod (NAME in -n's namespace, or NAMESPACE/NAME): its node, its rows")
     nd.add_argument("--node", help="a node: every pod its agent captured")
-    nd.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
-    nd.add_argument("--context", help="kubeconfig context (default: the current one)")
-    nd.add_argument("-n", "--namespace", default="default", help="the pod's namespace (default: %(default)s)")
-    nd.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
-    nd.add_argument("-o", "--output", choices=("table", "wide", "json"), default="table")
+    _workload_flags(nd, what="the pod", outputs=("table", "wide", "json"))
     nd.set_defaults(func=cmd_node)
 
     ex = sub.add_parser("explain", help="walk one path hop by hop and name the first broken link (exit 1)")
     ex.add_argument("source", help="pod/NAME or deploy/NAME")
     ex.add_argument("destination", help="svc/NAME[:PORT], pod/NAME[:PORT] or IP:PORT")
-    ex.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
-    ex.add_argument("--context", help="kubeconfig context (default: the current one)")
-    ex.add_argument("-n", "--namespace", default="default", help="namespace of SRC and DST (default: %(default)s)")
-    ex.add_argument("--ambit-namespace", default=NAMESPACE, help="Ambit's namespace (default: %(default)s)")
-    ex.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    _workload_flags(ex, what="SRC and DST", outputs=("table", "json"))
     ex.set_defaults(func=cmd_explain)
 
     for ep in entry_points(group="ambit.commands"):
