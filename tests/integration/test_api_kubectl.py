@@ -123,7 +123,7 @@ def test_get_watch_prints_new_objects(api, kubectl, tmp_path):
     )
     try:
         seen = ""
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 60  # a patient wait, not a timing: kubectl starts slowly on a loaded machine
         created = False
         while time.monotonic() < deadline and "watched-cm" not in seen:
             ready, _, _ = select.select([watcher.stdout], [], [], 0.5)
@@ -132,8 +132,9 @@ def test_get_watch_prints_new_objects(api, kubectl, tmp_path):
             if not created and "NAME" in seen:
                 kubectl("apply", "-f", "-", stdin=configmap("watched-cm", data={"a": "1"}))
                 created = True
-        line = next(line for line in seen.splitlines() if "watched-cm" in line)
-        assert line.split()[:2] == ["watched-cm", "1"]
+        lines = [line for line in seen.splitlines() if "watched-cm" in line]
+        assert lines, f"kubectl get -w printed no watched-cm (created: {created}); it printed:\n{seen}"
+        assert lines[0].split()[:2] == ["watched-cm", "1"]
     finally:
         watcher.send_signal(signal.SIGTERM)
         watcher.wait(timeout=10)
