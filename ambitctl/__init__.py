@@ -9,6 +9,7 @@ endpoints and Prometheus) and imports no data-path module.
 - ``check``: ``ambit check``, the health checks and their table/short/JSON output
 - ``node``: ``ambit node redirection|certs``, one node's agent's view of the pods it captured
 - ``explain``: ``ambit explain SRC DST``, one path hop by hop, the first broken link and its reason
+- ``stat``: ``ambit stat deploy|ns``, MESHED and TCP_CONN per workload from the agents (HTTP needs a waypoint)
 - ``cluster``: what these diagnostics read (cached per run), the agents' reports included
 - ``cli``: the parser; other packages add commands through the ``ambit.commands`` entry point
   (the sandbox's ``up``/``down``/``sandbox``), so nothing here imports them

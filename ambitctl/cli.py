@@ -86,6 +86,17 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 1 if result.broken else 0
 
 
+def cmd_stat(args: argparse.Namespace) -> int:
+    from ambitctl import stat
+    from ambitctl.apply import connect
+    from ambitctl.cluster import Cluster
+
+    cluster = Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
+    rows = stat.stat(cluster, kind=args.kind, name=args.name, namespace=None if args.all_namespaces else args.namespace)
+    print(stat.render(rows, output=args.output, all_namespaces=args.all_namespaces))
+    return 0
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
@@ -149,6 +160,13 @@ def build_parser() -> argparse.ArgumentParser:
     nd.add_argument("--node", help="a node: every pod its agent captured")
     _workload_flags(nd, what="the pod", outputs=("table", "wide", "json"))
     nd.set_defaults(func=cmd_node)
+
+    st = sub.add_parser("stat", help="golden figures per deployment or namespace (MESHED, TCP_CONN; HTTP needs a waypoint)")
+    st.add_argument("kind", choices=("deploy", "deployment", "ns", "namespace"))
+    st.add_argument("name", nargs="?", help="one deployment or namespace (default: all)")
+    _workload_flags(st, what="the deployments", outputs=("table", "json"))
+    st.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    st.set_defaults(func=cmd_stat)
 
     ex = sub.add_parser("explain", help="walk one path hop by hop and name the first broken link (exit 1)")
     ex.add_argument("source", help="pod/NAME or deploy/NAME")

@@ -67,6 +67,22 @@ class Cluster:
                 raise ClusterError(f"pods/{agent_pod}:15020/proxy/debug/pods: {exc}") from exc
         return self._once(("agent", agent_pod), read)
 
+    def agent_metrics(self, agent_pod: str) -> str:
+        """An agent's Prometheus text (``/metrics`` on port 15020), through the API server's pod proxy."""
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        def read() -> str:
+            try:
+                response = client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
+                    f"{agent_pod}:15020", self.namespace, "metrics", _request_timeout=10, _preload_content=False)
+                return response.data.decode()
+            except ApiException as exc:
+                raise ClusterError(f"HTTP {exc.status} from pods/{agent_pod}:15020/proxy/metrics") from exc
+            except OSError as exc:
+                raise ClusterError(f"pods/{agent_pod}:15020/proxy/metrics: {exc}") from exc
+        return self._once(("metrics", agent_pod), read)
+
     def _once(self, key: tuple, read: Callable[[], object]):
         if key not in self._cache:
             self._cache[key] = read()

@@ -135,6 +135,25 @@ def test_down_leaves_nothing(tmp_path):
     assert again.returncode == 0 and "nothing" in again.stdout
 
 
+def test_stat_shows_every_demo_deployment_meshed(sandbox):
+    kubeconfig = subprocess.run([*AMBIT, "sandbox", "kubeconfig"], env=sandbox, capture_output=True, text=True,
+                                check=True).stdout.strip()
+    deploys = json.loads(kubectl(sandbox, "get", "deployments", "-n", "demo", "-o", "json").stdout)["items"]
+    out = subprocess.run([*AMBIT, "stat", "deploy", "-n", "demo", "-o", "json", "--kubeconfig", kubeconfig],
+                         env=sandbox, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    rows = {r["name"]: r for r in json.loads(out.stdout)}
+    assert set(rows) == {"web", "emoji", "voting", "vote-bot"}
+    for d in deploys:
+        want = d["spec"]["replicas"]
+        assert rows[d["metadata"]["name"]]["meshed"] == f"{want}/{want}", rows
+        assert rows[d["metadata"]["name"]]["tcp_connections"] >= 0 and rows[d["metadata"]["name"]]["rps"] is None
+    table = subprocess.run([*AMBIT, "stat", "deploy", "-n", "demo", "--kubeconfig", kubeconfig], env=sandbox,
+                           capture_output=True, text=True, timeout=30).stdout
+    assert table.splitlines()[0].split() == ["NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95",
+                                             "LATENCY_P99", "TCP_CONN"]
+
+
 def test_explain_walks_web_to_emoji_and_names_a_missing_endpoint(sandbox):
     """Runs last on the demo: it scales emoji to 0 (and back)."""
     kubeconfig = subprocess.run([*AMBIT, "sandbox", "kubeconfig"], env=sandbox, capture_output=True, text=True,

@@ -1,0 +1,83 @@
+"""`ambit stat` from the agents' reports and metrics: MESHED counts what the agents hold, TCP_CONN
+the connections open to the workload (opened minus closed, destination reporter, every node)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from ambitctl import stat
+from ambitctl.errors import AmbitctlError
+
+METRICS = {
+    "agent-node-1": """# HELP ambit_tcp_connections_opened_total TCP connections opened
+# TYPE ambit_tcp_connections_opened_total counter
+ambit_tcp_connections_opened_total{reporter="destination",destination_workload="web",destination_workload_namespace="demo"} 7.0
+ambit_tcp_connections_opened_total{reporter="source",destination_workload="web",destination_workload_namespace="demo"} 7.0
+# HELP ambit_tcp_connections_closed_total TCP connections closed
+# TYPE ambit_tcp_connections_closed_total counter
+ambit_tcp_connections_closed_total{reporter="destination",destination_workload="web",destination_workload_namespace="demo"} 5.0
+""",
+    "agent-node-2": """# TYPE ambit_tcp_connections_opened_total counter
+ambit_tcp_connections_opened_total{reporter="destination",destination_workload="web",destination_workload_namespace="demo"} 1.0
+ambit_tcp_connections_opened_total{reporter="destination",destination_workload="db",destination_workload_namespace="demo"} 2.0
+""",
+}
+
+
+def pod(name, uid, *, app="web", phase="Running"):
+    return {"metadata": {"name": name, "namespace": "demo", "uid": uid, "labels": {"app": app}},
+            "spec": {}, "status": {"phase": phase}}
+
+
+class Fake:
+    namespace = "ambit-system"
+    pods = [pod("web-1", "u1"), pod("web-2", "u2"), pod("web-3", "u3", phase="Pending"), pod("db-1", "u4", app="db")]
+
+    def list(self, api_version, kind, *, namespace=None, selector=""):
+        if kind == "Deployment":
+            return [{"metadata": {"name": n, "namespace": "demo"}, "spec": {"selector": {"matchLabels": {"app": n}}}}
+                    for n in ("web", "db")]
+        if kind == "Namespace":
+            return [{"metadata": {"name": "demo"}}]
+        if namespace == self.namespace:
+            return [{"metadata": {"name": f"agent-{n}"}, "spec": {"nodeName": n}} for n in ("node-1", "node-2")]
+        app = selector.partition("=")[2]
+        return [p for p in self.pods if not app or p["metadata"]["labels"]["app"] == app]
+
+    def get(self, api_version, kind, name, namespace=None):
+        return {"metadata": {"name": name}} if name == "demo" else None
+
+    def agent_pods(self, name):
+        return {"pods": [{"uid": "u1", "redirection": "installed"}, {"uid": "u4", "redirection": "partial"}]}
+
+    def agent_metrics(self, name):
+        return METRICS[name]
+
+
+def test_deployments_meshed_and_open_connections():
+    rows = {r.name: r for r in stat.stat(Fake(), kind="deploy", name=None, namespace="demo")}
+    assert (rows["web"].meshed, rows["web"].tcp_connections) == ("1/2", 3)  # 7 + 1 opened - 5 closed
+    assert (rows["db"].meshed, rows["db"].tcp_connections) == ("0/1", 2)
+    assert rows["web"].success_rate is None and rows["web"].rps is None
+
+
+def test_namespace_rows_and_outputs():
+    [row] = stat.stat(Fake(), kind="ns", name="demo", namespace=None)
+    assert (row.meshed, row.tcp_connections) == ("1/3", 5)
+    table = stat.render([row], output="table", all_namespaces=True)
+    assert table.splitlines()[0].split() == ["NAMESPACE", "NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50",
+                                             "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]
+    assert table.splitlines()[2].split() == ["demo", "demo", "1/3", "-", "-", "-", "-", "-", "5"]
+    assert "need HTTP metrics, which come from a waypoint" in table
+    [doc] = json.loads(stat.render([row], output="json", all_namespaces=False))
+    assert set(doc) == {"name", "namespace", "meshed", "success_rate", "rps", "latency_p50_ms", "latency_p95_ms",
+                        "latency_p99_ms", "tcp_connections"}
+
+
+@pytest.mark.parametrize(("kind", "name", "words"), [("deploy", "nope", "deployment nope not found"),
+                                                     ("ns", "nope", "namespace nope not found"),
+                                                     ("svc", None, "takes deploy or ns")])
+def test_unknown_names_are_refused(kind, name, words):
+    with pytest.raises(AmbitctlError, match=words):
+        stat.stat(Fake(), kind=kind, name=name, namespace="demo")
