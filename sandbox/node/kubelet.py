@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import faulthandler
 import signal
 import sys
 import threading
@@ -361,6 +362,7 @@ def main(cfg: SandboxConfig, node: str, index: int) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1`: every thread's stack into the log
     kubelet.run()
     return 0
 
