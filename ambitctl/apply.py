@@ -123,10 +123,8 @@ class Applier:
         (e.g. the root the CA generated), which the garbage collector removes them with."""
         found: list[Ref] = []
         for api_version, kind in PRUNE_KINDS:
-            res = self._resource(api_version, kind)
-            ns = namespace if res.namespaced else None
-            items = self._call(f"listing {kind}", res.get, namespace=ns, label_selector=selector).to_dict()
-            for item in items.get("items") or []:
+            ns = namespace if self._resource(api_version, kind).namespaced else None
+            for item in self.list(api_version, kind, namespace=ns, selector=selector):
                 meta = item["metadata"]
                 if with_owner or not meta.get("ownerReferences"):
                     found.append(Ref(api_version, kind, meta.get("namespace"), meta["name"]))

@@ -50,43 +50,49 @@ class Cluster:
                           lambda: self._applier.list(api_version, kind, namespace=namespace, selector=selector))
 
     def agent_pods(self, agent_pod: str) -> dict:
-        """An agent's ``/debug/pods`` (port 15020), through the API server's pod proxy."""
+        """An agent's ``/debug/pods``: the pods it captured, their redirection and certificates."""
         import json
 
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
         def read() -> dict:
+            data = self._agent_get(agent_pod, "debug/pods")
             try:
-                response = client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
-                    f"{agent_pod}:15020", self.namespace, "debug/pods", _request_timeout=10, _preload_content=False)
-                return json.loads(response.data)
-            except ApiException as exc:
-                raise ClusterError(f"HTTP {exc.status} from pods/{agent_pod}:15020/proxy/debug/pods") from exc
-            except (ValueError, OSError) as exc:
+                return json.loads(data)
+            except ValueError as exc:
                 raise ClusterError(f"pods/{agent_pod}:15020/proxy/debug/pods: {exc}") from exc
         return self._once(("agent", agent_pod), read)
 
     def agent_metrics(self, agent_pod: str) -> str:
-        """An agent's Prometheus text (``/metrics`` on port 15020), through the API server's pod proxy."""
+        """An agent's Prometheus text (``/metrics``)."""
+        return self._once(("metrics", agent_pod), lambda: self._agent_get(agent_pod, "metrics").decode())
+
+    def _agent_get(self, agent_pod: str, path: str) -> bytes:
+        """GET ``path`` on an agent's port 15020, through the API server's pod proxy."""
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        def read() -> str:
-            try:
-                response = client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
-                    f"{agent_pod}:15020", self.namespace, "metrics", _request_timeout=10, _preload_content=False)
-                return response.data.decode()
-            except ApiException as exc:
-                raise ClusterError(f"HTTP {exc.status} from pods/{agent_pod}:15020/proxy/metrics") from exc
-            except OSError as exc:
-                raise ClusterError(f"pods/{agent_pod}:15020/proxy/metrics: {exc}") from exc
-        return self._once(("metrics", agent_pod), read)
+        where = f"pods/{agent_pod}:15020/proxy/{path}"
+        try:
+            return client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
+                f"{agent_pod}:15020", self.namespace, path, _request_timeout=10, _preload_content=False).data
+        except ApiException as exc:
+            raise ClusterError(f"HTTP {exc.status} from {where}") from exc
+        except OSError as exc:
+            raise ClusterError(f"{where}: {exc}") from exc
 
     def _once(self, key: tuple, read: Callable[[], object]):
         if key not in self._cache:
             self._cache[key] = read()
         return self._cache[key]
+
+
+def running(pods: list[dict]) -> list[dict]:
+    """The pods that run now (not going away)."""
+    return [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+
+
+def selector_of(deploy: dict) -> str:
+    """A Deployment's ``matchLabels`` as a label selector string."""
+    return ",".join(f"{k}={v}" for k, v in (deploy["spec"]["selector"].get("matchLabels") or {}).items())
 
 
 def ready(pod: dict, container: str | None = None) -> bool:
@@ -120,8 +126,6 @@ def enrolled(pod_labels: dict, namespace_labels: dict) -> bool:
 def enrolled_pods(c: Cluster) -> list[dict]:
     """Running, non-hostNetwork pods that Ambit should have captured (Ambit's own never are)."""
     ns_labels = {n["metadata"]["name"]: n["metadata"].get("labels") or {} for n in c.list("v1", "Namespace")}
-    return [p for p in c.list("v1", "Pod")
-            if p["metadata"]["namespace"] not in (c.namespace, "kube-system")
-            and not p["spec"].get("hostNetwork") and not p["metadata"].get("deletionTimestamp")
-            and (p.get("status") or {}).get("phase") == "Running"
+    return [p for p in running(c.list("v1", "Pod"))
+            if p["metadata"]["namespace"] not in (c.namespace, "kube-system") and not p["spec"].get("hostNetwork")
             and enrolled(p["metadata"].get("labels") or {}, ns_labels.get(p["metadata"]["namespace"], {}))]

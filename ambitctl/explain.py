@@ -15,7 +15,7 @@ import ipaddress
 import json
 from dataclasses import dataclass, field
 
-from ambitctl.cluster import Cluster, agents_by_node, enrolled, ready
+from ambitctl.cluster import Cluster, agents_by_node, enrolled, ready, running, selector_of
 from ambitctl.errors import AmbitctlError, ClusterError
 
 REASONS = {
@@ -58,14 +58,12 @@ def _source(c: Cluster, ns: str, ref: str) -> dict | None:
     kind, _, name = ref.partition("/")
     if kind in ("pod", "pods", "po"):
         pod = c.get("v1", "Pod", name, ns)
-        return pod if pod and (pod.get("status") or {}).get("phase") == "Running" else None
+        return pod if pod and running([pod]) else None
     if kind in ("deploy", "deployment", "deployments"):
         deploy = c.get("apps/v1", "Deployment", name, ns)
         if deploy is None:
             return None
-        selector = ",".join(f"{k}={v}" for k, v in (deploy["spec"]["selector"].get("matchLabels") or {}).items())
-        pods = [p for p in c.list("v1", "Pod", namespace=ns, selector=selector)
-                if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
+        pods = running(c.list("v1", "Pod", namespace=ns, selector=selector_of(deploy)))
         return sorted(pods, key=lambda p: p["metadata"]["name"])[0] if pods else None
     raise AmbitctlError(f"source {ref!r} must be pod/NAME or deploy/NAME")
 

@@ -17,11 +17,11 @@ from typing import Callable
 
 from ambitctl import apply as kube
 from ambitctl.chart import INSTALL_ORDER, Rendered
+from ambitctl.cluster import ENROL_LABEL
 
 CREATED_BY = "ambit.dev/created-by"
 """annotation on a namespace ``ambit install`` created, so ``ambit uninstall`` removes it again"""
 WORKLOAD_KINDS = ("DaemonSet", "Deployment")
-ENROL_LABEL = "ambit.dev/dataplane-mode"
 
 
 def release_selector(release: str) -> str:

@@ -14,7 +14,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from ambitctl.cluster import Cluster, agents_by_node
+from ambitctl.cluster import Cluster, agents_by_node, running, selector_of
 from ambitctl.errors import AmbitctlError, ClusterError
 
 HTTP_HINT = ("SUCCESS, RPS and LATENCY need HTTP metrics, which come from a waypoint (not built yet); "
@@ -32,10 +32,6 @@ class Row:
     latency_p95_ms: float | None
     latency_p99_ms: float | None
     tcp_connections: int | None
-
-
-def _running(pods: list[dict]) -> list[dict]:
-    return [p for p in pods if (p.get("status") or {}).get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")]
 
 
 def _captured(c: Cluster) -> set[str]:
@@ -71,17 +67,13 @@ def open_connections(c: Cluster) -> dict[tuple[str, str], int]:
     return {k: max(0, int(v)) for k, v in totals.items()}
 
 
-def _selector(deploy: dict) -> str:
-    return ",".join(f"{k}={v}" for k, v in (deploy["spec"]["selector"].get("matchLabels") or {}).items())
-
-
 def stat(c: Cluster, *, kind: str, name: str | None, namespace: str | None) -> list[Row]:
     """``namespace`` None: every namespace (``-A``)."""
     captured = _captured(c)
     conns = open_connections(c)
 
     def row(ns: str, rname: str, pods: list[dict], workloads: list[str]) -> Row:
-        pods = _running(pods)
+        pods = running(pods)
         meshed = sum(1 for p in pods if p["metadata"]["uid"] in captured)
         tcp = sum(conns.get((ns, w), 0) for w in workloads)
         return Row(rname, ns, f"{meshed}/{len(pods)}", None, None, None, None, None, tcp)
@@ -95,7 +87,7 @@ def stat(c: Cluster, *, kind: str, name: str | None, namespace: str | None) -> l
                 raise AmbitctlError(f"deployment {name} not found in {namespace or 'any namespace'}")
         for d in deploys:
             ns = d["metadata"]["namespace"]
-            rows.append(row(ns, d["metadata"]["name"], c.list("v1", "Pod", namespace=ns, selector=_selector(d)),
+            rows.append(row(ns, d["metadata"]["name"], c.list("v1", "Pod", namespace=ns, selector=selector_of(d)),
                             [d["metadata"]["name"]]))
     elif kind in ("ns", "namespace", "namespaces"):
         names = [name] if name else sorted(n["metadata"]["name"] for n in c.list("v1", "Namespace"))

@@ -62,11 +62,10 @@ async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]],
                 is_ready: Callable[[], bool], registry: CollectorRegistry) -> list[web.AppRunner]:
     """Listen on the three ports; the caller cleans the runners up."""
 
-    async def config(request: web.Request) -> web.Response:
-        return web.json_response(await dump(), dumps=functools.partial(json.dumps, indent=2, default=str))
-
-    async def pods_page(request: web.Request) -> web.Response:
-        return web.json_response(await pods(), dumps=functools.partial(json.dumps, indent=2, default=str))
+    def json_page(produce: Callable[[], Awaitable[dict]]):
+        async def handler(request: web.Request) -> web.Response:
+            return web.json_response(await produce(), dumps=functools.partial(json.dumps, indent=2, default=str))
+        return handler
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST})
@@ -77,11 +76,11 @@ async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]],
         return web.Response(status=503, text="not ready: waiting for the first list and reconcile\n")
 
     admin = web.Application()
-    admin.router.add_get("/config_dump", config)
+    admin.router.add_get("/config_dump", json_page(dump))
     admin.router.add_get("/healthz/ready", ready)
     prom = web.Application()
     prom.router.add_get("/metrics", metrics)
-    prom.router.add_get("/debug/pods", pods_page)
+    prom.router.add_get("/debug/pods", json_page(pods))
     health = web.Application()
     health.router.add_get("/healthz/ready", ready)
     runners: list[web.AppRunner] = []

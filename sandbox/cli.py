@@ -1,5 +1,5 @@
 """The sandbox's commands, registered into the ``ambit`` CLI (``ambitctl``) through the
-``ambit.commands`` entry point: ``ambit up``, ``ambit down``, ``ambit sandbox kubeconfig|status|exec|logs``.
+``ambit.commands`` entry point: ``ambit up``, ``ambit down``, ``ambit sandbox kubeconfig|values|status|exec|logs``.
 
 Heavy modules are imported inside each command so ``ambit --help`` stays instant.
 """

@@ -45,8 +45,7 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True, value_files: list[s
 
     started = time.monotonic()
     _check_prerequisites()
-    values = _chart_values(cfg, value_files=value_files, set_values=set_values)
-    rendered = _render_chart(values) if mesh else None
+    values, rendered = _chart(cfg, value_files=value_files, set_values=set_values, render=mesh)
     cfg.state_dir.mkdir(parents=True, exist_ok=True)
     cfg.state_dir.chmod(0o700)
     cfg.values_path.write_text("# Ambit's chart values on this sandbox: ambit install -f <this file>, "
@@ -126,26 +125,17 @@ def down(cfg: SandboxConfig) -> list[str]:
 
 
 # ---- helpers ---------------------------------------------------------------------------
-def _chart_values(cfg: SandboxConfig, *, value_files: list[str], set_values: list[str]) -> dict:
-    """The sandbox's values for Ambit's chart, then the user's ``-f`` files and ``--set``s."""
+def _chart(cfg: SandboxConfig, *, value_files: list[str], set_values: list[str], render: bool):
+    """The sandbox's values for Ambit's chart, then the user's ``-f`` files and ``--set``s, and the
+    chart rendered with them (unless ``render`` is off: ``--no-mesh``). A bad value stops ``up``
+    here, before anything is built."""
     from ambitctl import chart
     from ambitctl.errors import ChartError
     from sandbox import mesh as ambit_mesh
 
     try:
-        return chart.values(files=value_files, sets=set_values, base=ambit_mesh.values(cfg))
-    except ChartError as exc:
-        raise SandboxError(str(exc)) from exc
-
-
-def _render_chart(values: dict):
-    """A bad value stops ``up`` here, before anything is built."""
-    from ambitctl import chart
-    from ambitctl.errors import ChartError
-    from sandbox import mesh as ambit_mesh
-
-    try:
-        return chart.render(values, namespace=ambit_mesh.NAMESPACE)
+        values = chart.values(files=value_files, sets=set_values, base=ambit_mesh.values(cfg))
+        return values, chart.render(values, namespace=ambit_mesh.NAMESPACE) if render else None
     except ChartError as exc:
         raise SandboxError(str(exc)) from exc
 
