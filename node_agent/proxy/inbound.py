@@ -15,7 +15,7 @@ import ssl
 
 from node_agent.identity.spiffe import SpiffeId
 from node_agent.proxy.errors import HeaderError, PeerIdentityError, TlsSetupError
-from node_agent.proxy.listener import Listener, connect_stream
+from node_agent.proxy.listener import Listener, ProxyInputs, connect_stream
 from node_agent.proxy.model import ServiceTarget
 from node_agent.proxy.pump import Pump, PumpResult, Stream, StreamClosedError
 from node_agent.proxy.records import ConnectionRecord, Reporter, ResponseFlag, SecurityPolicy
@@ -23,8 +23,8 @@ from node_agent.proxy.tls import describe_tls_error, server_peer_check
 from node_agent.proxy.tunnel import HeaderDecoder, Status, TunnelHeader, encode_response
 
 
-class _Refused(Exception):
-    """Internal: answer ``status`` to the client (None: no TLS to answer over), record ``flag`` and ``detail``."""
+class TunnelRefused(Exception):
+    """Answer ``status`` to the client (None: no TLS to answer over), record ``flag`` and ``detail``."""
 
     def __init__(self, status: Status | None, flag: str, detail: str) -> None:
         super().__init__(detail)
@@ -47,7 +47,7 @@ class InboundListener(Listener):
         record.security_policy = SecurityPolicy.MUTUAL_TLS
         try:
             header, source = await self._accept_tunnel(stream, record)
-        except _Refused as refused:
+        except TunnelRefused as refused:
             record.fail(refused.flag, refused.detail)
             if refused.status is not None and stream.ssl_object is not None and not stream.is_lost:
                 stream.write(encode_response(refused.status))
@@ -59,7 +59,7 @@ class InboundListener(Listener):
             return
         try:
             app = await self._connect_app(header, source, record)
-        except _Refused as refused:
+        except TunnelRefused as refused:
             record.fail(refused.flag, refused.detail)
             stream.write(encode_response(refused.status))
             stream.close()
@@ -75,38 +75,7 @@ class InboundListener(Listener):
             self._close(record, pump.result())
 
     async def _accept_tunnel(self, stream: Stream, record: ConnectionRecord) -> tuple[TunnelHeader, SpiffeId]:
-        settings = self.inputs.settings
-        try:
-            context = self.inputs.tls.server(self.workload.identity)
-        except TlsSetupError as exc:
-            raise _Refused(None, ResponseFlag.UPSTREAM_FAILURE, str(exc)) from exc
-        try:
-            async with asyncio.timeout(settings.handshake_timeout):
-                tls = await stream.start_tls(context, server_side=True, timeout=settings.handshake_timeout)
-                record.tls_resumed = tls.session_reused
-                source = server_peer_check(tls, trust_domain=settings.trust_domain)
-                record.source_principal = source.uri
-                decoder = HeaderDecoder()
-                while True:
-                    data = await stream.read_some()
-                    if not data:
-                        decoder.eof()
-                    decoded = decoder.feed(data)
-                    if decoded is not None:
-                        break
-        except PeerIdentityError as exc:
-            raise _Refused(Status.FORBIDDEN, ResponseFlag.DENIED, str(exc)) from exc
-        except HeaderError as exc:
-            raise _Refused(Status.BAD_HEADER, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, str(exc)) from exc
-        except TimeoutError as exc:
-            raise _Refused(None, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
-                           "client sent no complete tls handshake and tunnel header in time") from exc
-        except (StreamClosedError, ssl.SSLError) as exc:
-            cause = exc.__cause__ if isinstance(exc, StreamClosedError) else exc
-            reason = describe_tls_error(cause) if isinstance(cause, ssl.SSLError) else str(exc)
-            raise _Refused(None, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, reason) from exc
-        header, leftover = decoded
-        stream.unread(leftover)
+        header, source = await accept_tunnel(self.inputs, stream, identity=self.workload.identity, record=record)
         self._describe_source(record, header, source)
         return header, source
 
@@ -131,25 +100,66 @@ class InboundListener(Listener):
         target = (header.target_ip, header.target_port)
         record.destination_address = target
         if header.target_ip not in self.workload.ips:
-            raise _Refused(Status.FORBIDDEN, ResponseFlag.DENIED,
+            raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED,
                            f"tunnel target {header.target_ip} is not pod {self.workload.namespace}/"
                            f"{self.workload.name} ({', '.join(self.workload.ips)})")
         if header.target_port in self.inputs.settings.reserved_ports:
-            raise _Refused(Status.FORBIDDEN, ResponseFlag.DENIED,
+            raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED,
                            f"tunnel target port {header.target_port} is the proxy's own")
         if not self.inputs.authorizer.allows(source=source, source_ip=record.source_ip,
                                              destination=self.workload, port=header.target_port):
-            raise _Refused(Status.FORBIDDEN, ResponseFlag.DENIED,
+            raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED,
                            f"policy denies {source} access to port {header.target_port}")
         try:
             return await connect_stream(self.inputs, netns=self.netns, host=header.target_ip,
                                         port=header.target_port, bind_ip=None)
         except TimeoutError as exc:
-            raise _Refused(Status.TIMEOUT, ResponseFlag.UPSTREAM_FAILURE,
+            raise TunnelRefused(Status.TIMEOUT, ResponseFlag.UPSTREAM_FAILURE,
                            f"application port {header.target_port} did not accept in time") from exc
         except OSError as exc:
             status = Status.REFUSED if exc.errno in (errno.ECONNREFUSED, errno.EHOSTUNREACH,
                                                      errno.ENETUNREACH) else Status.INTERNAL
-            raise _Refused(status, ResponseFlag.UPSTREAM_FAILURE,
+            raise TunnelRefused(status, ResponseFlag.UPSTREAM_FAILURE,
                            f"application port {header.target_port} refused the connection: "
                            f"{(exc.strerror or str(exc)).lower()}") from exc
+
+
+async def accept_tunnel(
+    inputs: ProxyInputs, stream: Stream, *, identity: SpiffeId, record: ConnectionRecord
+) -> tuple[TunnelHeader, SpiffeId]:
+    """Server side of the tunnel as ``identity``: TLS 1.3 handshake, a client certificate of our trust
+    domain, the header (bounded, with a deadline). Returns the header and the authenticated source;
+    raises ``TunnelRefused``. Used by the inbound listener and by the waypoint."""
+    settings = inputs.settings
+    try:
+        context = inputs.tls.server(identity)
+    except TlsSetupError as exc:
+        raise TunnelRefused(None, ResponseFlag.UPSTREAM_FAILURE, str(exc)) from exc
+    try:
+        async with asyncio.timeout(settings.handshake_timeout):
+            tls = await stream.start_tls(context, server_side=True, timeout=settings.handshake_timeout)
+            record.tls_resumed = tls.session_reused
+            source = server_peer_check(tls, trust_domain=settings.trust_domain)
+            record.source_principal = source.uri
+            decoder = HeaderDecoder()
+            while True:
+                data = await stream.read_some()
+                if not data:
+                    decoder.eof()
+                decoded = decoder.feed(data)
+                if decoded is not None:
+                    break
+    except PeerIdentityError as exc:
+        raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED, str(exc)) from exc
+    except HeaderError as exc:
+        raise TunnelRefused(Status.BAD_HEADER, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, str(exc)) from exc
+    except TimeoutError as exc:
+        raise TunnelRefused(None, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR,
+                            "client sent no complete tls handshake and tunnel header in time") from exc
+    except (StreamClosedError, ssl.SSLError) as exc:
+        cause = exc.__cause__ if isinstance(exc, StreamClosedError) else exc
+        reason = describe_tls_error(cause) if isinstance(cause, ssl.SSLError) else str(exc)
+        raise TunnelRefused(None, ResponseFlag.DOWNSTREAM_PROTOCOL_ERROR, reason) from exc
+    header, leftover = decoded
+    stream.unread(leftover)
+    return header, source

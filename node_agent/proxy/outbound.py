@@ -17,16 +17,18 @@ import asyncio
 import ssl
 import time
 
+from node_agent.identity.spiffe import SpiffeId
 from node_agent.proxy.errors import (
     HeaderError,
     PeerIdentityError,
     TlsSetupError,
     UpstreamError,
 )
-from node_agent.proxy.listener import RedirectedListener, connect_stream
-from node_agent.proxy.model import Endpoint, MeshRoute, Passthrough
+from node_agent.proxy.listener import ProxyInputs, RedirectedListener, connect_stream
+from node_agent.proxy.model import Endpoint, MeshRoute, Passthrough, Workload
 from node_agent.proxy.pump import Pump, PumpResult, Stream, StreamClosedError
 from node_agent.proxy.records import ConnectionRecord, Reporter, ResponseFlag, SecurityPolicy
+from node_agent.proxy.sockets import NetnsHandle
 from node_agent.proxy.tls import client_peer_check, describe_tls_error
 from node_agent.proxy.tunnel import ResponseDecoder, Status, TunnelHeader, encode_header
 
@@ -171,73 +173,91 @@ class OutboundListener(RedirectedListener):
     async def _tunnel(
         self, endpoint: Endpoint, route: MeshRoute, dst: tuple[str, int], record: ConnectionRecord
     ) -> Stream:
-        inputs = self.inputs
         target = endpoint.workload
-        address = f"{target.ip}:{inputs.settings.tunnel_port}"
-        try:
-            client_tls = inputs.tls.client(self.workload.identity)
-        except TlsSetupError as exc:
-            raise UpstreamError(str(exc), retryable=False) from exc
-        try:
-            stream = await connect_stream(inputs, netns=self.netns, host=target.ip,
-                                          port=inputs.settings.tunnel_port, bind_ip=self.workload.ip)
-        except (OSError, TimeoutError) as exc:
-            raise UpstreamError(f"connection to {address} failed: {_oserror(exc)}; is the agent on node "
-                                f"{target.node} running, and port {inputs.settings.tunnel_port} allowed?") from exc
-        session_key = (target.ip, target.identity)
-        try:
-            async with asyncio.timeout(inputs.settings.handshake_timeout):
-                tls = await stream.start_tls(client_tls.context, server_side=False,
-                                             session=client_tls.session(session_key),
-                                             timeout=inputs.settings.handshake_timeout)
-                record.tls_resumed = tls.session_reused
-                client_peer_check(tls, expected=target.identity, address=address)
-                stream.write(encode_header(TunnelHeader(
-                    target_ip=target.ip,
-                    target_port=endpoint.port,
-                    source_workload=self.workload.workload_name,
-                    source_namespace=self.workload.namespace,
-                    destination_service=route.service.hostname if route.service else "",
-                    original_dst=dst,
-                )))
-                decoder = ResponseDecoder()
-                while True:
-                    data = await stream.read_some()
-                    if not data:
-                        decoder.eof()
-                    answer = decoder.feed(data)
-                    if answer is not None:
-                        break
-            status, leftover = answer
-            client_tls.remember(session_key, tls)
-        except PeerIdentityError as exc:
-            stream.abort()
-            client_tls.forget(session_key)
-            raise UpstreamError(f"tunnel to {address} refused: {exc}") from exc
-        except HeaderError as exc:
-            stream.abort()
-            raise UpstreamError(f"tunnel peer {address} answered garbage: {exc}",
-                                flag=ResponseFlag.UPSTREAM_PROTOCOL_ERROR) from exc
-        except TimeoutError as exc:
-            stream.abort()
-            raise UpstreamError(f"tunnel to {address} timed out during the handshake") from exc
-        except StreamClosedError as exc:
-            stream.abort()
-            cause = exc.__cause__
-            reason = describe_tls_error(cause) if isinstance(cause, ssl.SSLError) else str(exc)
-            raise UpstreamError(f"tunnel to {address} failed: {reason}") from exc
-        except ssl.SSLError as exc:
-            stream.abort()
-            raise UpstreamError(f"tunnel to {address} failed: {describe_tls_error(exc)}") from exc
-        if status is not Status.OK:
-            stream.close()
-            name = status.name.lower().replace("_", " ") if isinstance(status, Status) else f"status {status}"
-            flag = ResponseFlag.DENIED if status is Status.FORBIDDEN else ResponseFlag.UPSTREAM_FAILURE
-            retryable = isinstance(status, Status) and status.retryable
-            raise UpstreamError(f"tunnel peer {address} could not connect to {target.namespace}/{target.name} "
-                                f"port {endpoint.port}: {name}", flag=flag, retryable=retryable)
-        stream.unread(leftover)
-        return stream
+        header = TunnelHeader(
+            target_ip=target.ip,
+            target_port=endpoint.port,
+            source_workload=self.workload.workload_name,
+            source_namespace=self.workload.namespace,
+            destination_service=route.service.hostname if route.service else "",
+            original_dst=dst,
+        )
+        return await open_tunnel(self.inputs, netns=self.netns, source=self.workload.identity,
+                                 bind_ip=self.workload.ip, peer=target, header=header, record=record)
+
+
+async def open_tunnel(
+    inputs: ProxyInputs,
+    *,
+    netns: NetnsHandle | None,
+    source: SpiffeId,
+    bind_ip: str | None,
+    peer: Workload,
+    header: TunnelHeader,
+    record: ConnectionRecord,
+) -> Stream:
+    """mTLS to ``<peer ip>:15008`` as ``source`` (the peer must prove its own SPIFFE ID), send
+    ``header``, wait for the answer; the stream is ready for the pump. Raises ``UpstreamError``.
+
+    Used by the node agent's outbound listener and by the waypoint (to reach endpoints)."""
+    address = f"{peer.ip}:{inputs.settings.tunnel_port}"
+    try:
+        client_tls = inputs.tls.client(source)
+    except TlsSetupError as exc:
+        raise UpstreamError(str(exc), retryable=False) from exc
+    try:
+        stream = await connect_stream(inputs, netns=netns, host=peer.ip,
+                                      port=inputs.settings.tunnel_port, bind_ip=bind_ip)
+    except (OSError, TimeoutError) as exc:
+        raise UpstreamError(f"connection to {address} failed: {_oserror(exc)}; is the agent on node "
+                            f"{peer.node} running, and port {inputs.settings.tunnel_port} allowed?") from exc
+    session_key = (peer.ip, peer.identity)
+    try:
+        async with asyncio.timeout(inputs.settings.handshake_timeout):
+            tls = await stream.start_tls(client_tls.context, server_side=False,
+                                         session=client_tls.session(session_key),
+                                         timeout=inputs.settings.handshake_timeout)
+            record.tls_resumed = tls.session_reused
+            client_peer_check(tls, expected=peer.identity, address=address)
+            stream.write(encode_header(header))
+            decoder = ResponseDecoder()
+            while True:
+                data = await stream.read_some()
+                if not data:
+                    decoder.eof()
+                answer = decoder.feed(data)
+                if answer is not None:
+                    break
+        status, leftover = answer
+        client_tls.remember(session_key, tls)
+    except PeerIdentityError as exc:
+        stream.abort()
+        client_tls.forget(session_key)
+        raise UpstreamError(f"tunnel to {address} refused: {exc}") from exc
+    except HeaderError as exc:
+        stream.abort()
+        raise UpstreamError(f"tunnel peer {address} answered garbage: {exc}",
+                            flag=ResponseFlag.UPSTREAM_PROTOCOL_ERROR) from exc
+    except TimeoutError as exc:
+        stream.abort()
+        raise UpstreamError(f"tunnel to {address} timed out during the handshake") from exc
+    except StreamClosedError as exc:
+        stream.abort()
+        cause = exc.__cause__
+        reason = describe_tls_error(cause) if isinstance(cause, ssl.SSLError) else str(exc)
+        raise UpstreamError(f"tunnel to {address} failed: {reason}") from exc
+    except ssl.SSLError as exc:
+        stream.abort()
+        raise UpstreamError(f"tunnel to {address} failed: {describe_tls_error(exc)}") from exc
+    if status is not Status.OK:
+        stream.close()
+        name = status.name.lower().replace("_", " ") if isinstance(status, Status) else f"status {status}"
+        flag = ResponseFlag.DENIED if status is Status.FORBIDDEN else ResponseFlag.UPSTREAM_FAILURE
+        retryable = isinstance(status, Status) and status.retryable
+        raise UpstreamError(f"tunnel peer {address} could not connect to {peer.namespace}/{peer.name} "
+                            f"port {header.target_port}: {name}", flag=flag, retryable=retryable)
+    stream.unread(leftover)
+    return stream
 
 
 def _oserror(exc: BaseException) -> str:
