@@ -155,4 +155,5 @@ def _access_line(record, result) -> str:
         "duration_ms": round(result.duration * 1000, 1),
         "flags": record.response_flags,
         "detail": record.detail,
+        **({"waypoint": record.waypoint} if record.waypoint else {}),
     }, separators=(",", ":"))

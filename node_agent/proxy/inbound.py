@@ -106,6 +106,10 @@ class InboundListener(Listener):
         if header.target_port in self.inputs.settings.reserved_ports:
             raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED,
                            f"tunnel target port {header.target_port} is the proxy's own")
+        guard = self.inputs.resolver.waypoint_guard(header.target_ip, header.target_port)
+        if guard is not None and source.uri not in guard.identities:
+            raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.WAYPOINT_BYPASS,
+                                guard.refusal(self.workload, header.target_port))
         if not self.inputs.authorizer.allows(source=source, source_ip=record.source_ip,
                                              destination=self.workload, port=header.target_port):
             raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.DENIED,

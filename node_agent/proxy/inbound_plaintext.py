@@ -50,6 +50,10 @@ class InboundPlaintextListener(RedirectedListener):
             record.fail(ResponseFlag.NO_ROUTE, f"{ip}:{port} is not an application port of pod "
                                                f"{self.workload.namespace}/{self.workload.name}")
             return None
+        guard = self.inputs.resolver.waypoint_guard(ip, port)
+        if guard is not None:
+            record.fail(ResponseFlag.WAYPOINT_BYPASS, guard.refusal(self.workload, port))
+            return None
         if not self.inputs.authorizer.allows(source=None, source_ip=record.source_ip, destination=self.workload,
                                              port=port):
             record.fail(ResponseFlag.DENIED, f"policy denies plaintext access to port {port}")

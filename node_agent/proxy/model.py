@@ -67,10 +67,30 @@ class Endpoint:
 
 @dataclass(frozen=True, slots=True)
 class MeshRoute:
-    """Connect to one of ``endpoints`` (empty: no route). ``service`` is None when a pod IP was dialled."""
+    """Connect to one of ``endpoints`` (empty: no route). ``service`` is None when a pod IP was dialled.
+
+    ``waypoint`` (``<namespace>/<name>``) says the service is bound to a waypoint: ``endpoints`` are
+    the waypoint's pods (their tunnel port), the tunnel header names the service, and an empty
+    ``endpoints`` means the waypoint is missing, never "go direct"."""
 
     endpoints: tuple[Endpoint, ...]
     service: ServiceTarget | None = None
+    waypoint: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WaypointGuard:
+    """A pod port behind a waypoint: only the waypoint's identities may connect to it."""
+
+    waypoint: str
+    """``<namespace>/<name>`` of the Gateway"""
+    identities: frozenset[str]
+    """SPIFFE IDs (URIs) of the waypoint's pods; empty while it has none, and then nobody may connect"""
+
+    def refusal(self, target: Workload, port: int) -> str:
+        """Why someone else's connection to ``target:port`` is refused (the same words everywhere)."""
+        return (f"{target.namespace}/{target.name} port {port} is behind waypoint {self.waypoint}: only the "
+                "waypoint may connect to it; dial the service (its ClusterIP), not the pod")
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +112,10 @@ class Resolver(Protocol):
 
     def workload_by_ip(self, ip: str) -> Workload | None:
         """The pod with this IP, if the snapshot knows one (for metrics labels)."""
+        ...
+
+    def waypoint_guard(self, ip: str, port: int) -> WaypointGuard | None:
+        """Set when ``ip:port`` backs a Service bound to a waypoint: only that waypoint may connect."""
         ...
 
 

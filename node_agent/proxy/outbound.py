@@ -97,6 +97,10 @@ class OutboundListener(RedirectedListener):
     ) -> tuple[Stream, ConnectionRecord | None]:
         if not route.endpoints:
             name = route.service.hostname if route.service else f"{dst[0]}:{dst[1]}"
+            if route.waypoint:
+                raise UpstreamError(f"{name} is bound to waypoint {route.waypoint} (label ambit.dev/use-waypoint), "
+                                    "which has no ready pod; the connection is refused, not sent around it",
+                                    flag=ResponseFlag.NO_WAYPOINT, retryable=False)
             raise UpstreamError(f"{name} has no ready endpoints", flag=ResponseFlag.NO_ROUTE, retryable=False)
         inputs = self.inputs
         by_key = {ep.key: ep for ep in route.endpoints}
@@ -133,6 +137,8 @@ class OutboundListener(RedirectedListener):
         self, endpoint: Endpoint, route: MeshRoute, record: ConnectionRecord, dst: tuple[str, int]
     ) -> tuple[Stream, ConnectionRecord | None]:
         target = endpoint.workload
+        if route.waypoint:
+            return await self._to_waypoint(endpoint, route, dst, record), None
         if target.node == self.inputs.node_name and target.enrolled:
             stream = await self._same_node(endpoint)
             record.security_policy = SecurityPolicy.MUTUAL_TLS
@@ -149,12 +155,38 @@ class OutboundListener(RedirectedListener):
         record.destination_principal = target.identity.uri
         return stream, None
 
+    async def _to_waypoint(
+        self, endpoint: Endpoint, route: MeshRoute, dst: tuple[str, int], record: ConnectionRecord
+    ) -> Stream:
+        """Tunnel to a waypoint pod (always over mTLS: the waypoint is not one of our captured pods);
+        the header names the service as the application dialled it, the waypoint picks the endpoint."""
+        service = route.service
+        assert service is not None, "BUG: a waypoint route without a service"
+        header = TunnelHeader(
+            target_ip=service.vip,
+            target_port=service.port,
+            source_workload=self.workload.workload_name,
+            source_namespace=self.workload.namespace,
+            destination_service=service.hostname,
+            original_dst=dst,
+        )
+        stream = await open_tunnel(self.inputs, netns=self.netns, source=self.workload.identity,
+                                   bind_ip=self.workload.ip, peer=endpoint.workload, header=header, record=record)
+        record.security_policy = SecurityPolicy.MUTUAL_TLS
+        record.destination_principal = endpoint.workload.identity.uri
+        record.waypoint = route.waypoint
+        return stream
+
     async def _same_node(self, endpoint: Endpoint) -> Stream:
         """Both pods are ours: no TLS, but the checks the destination's 15008 listener would make."""
         target = endpoint.workload
         if endpoint.port in self.inputs.settings.reserved_ports:
             raise UpstreamError(f"port {endpoint.port} of {target.namespace}/{target.name} is the proxy's own",
                                 flag=ResponseFlag.DENIED, retryable=False)
+        guard = self.inputs.resolver.waypoint_guard(target.ip, endpoint.port)
+        if guard is not None and self.workload.identity.uri not in guard.identities:
+            raise UpstreamError(guard.refusal(target, endpoint.port),
+                                flag=ResponseFlag.WAYPOINT_BYPASS, retryable=False)
         if not self.inputs.authorizer.allows(source=self.workload.identity, source_ip=self.workload.ip,
                                              destination=target, port=endpoint.port):
             raise UpstreamError(f"policy denies {self.workload.identity} access to "

@@ -26,6 +26,8 @@ class ResponseFlag:
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"  # the client sent something that is not TLS or a tunnel header (as Envoy)
     UPSTREAM_PROTOCOL_ERROR = "UPE"  # the tunnel peer answered something that is not a tunnel answer (as Envoy)
     DENIED = "RBAC"  # refused by authorization policy or by the destination's checks
+    NO_WAYPOINT = "NO_WAYPOINT"  # the service is bound to a waypoint that has no ready pod: refused, not sent around it
+    WAYPOINT_BYPASS = "WAYPOINT_BYPASS"  # a pod behind a waypoint was reached by someone other than the waypoint
 
 
 class SecurityPolicy:
@@ -63,6 +65,7 @@ class ConnectionRecord:
         "tls_resumed",
         "response_flags",
         "detail",
+        "waypoint",
     )
 
     def __init__(self, *, listener: str, reporter: str, source_ip: str = "") -> None:
@@ -84,6 +87,7 @@ class ConnectionRecord:
         self.tls_resumed = False  # the tunnel's TLS session was resumed (no full handshake)
         self.response_flags = ResponseFlag.NONE
         self.detail: str | None = None  # a lowercase reason when response_flags is not "-"
+        self.waypoint = ""  # ``<namespace>/<name>`` of the waypoint the connection was sent through
 
     def set_source(self, workload: Workload | None) -> None:
         self.source = workload
@@ -126,6 +130,7 @@ class ConnectionRecord:
             "tls_resumed": self.tls_resumed,
             "response_flags": self.response_flags,
             "detail": self.detail,
+            "waypoint": self.waypoint,
         }
 
 

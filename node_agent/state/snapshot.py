@@ -17,6 +17,11 @@ from node_agent.proxy import model
 DATAPLANE_LABEL = "ambit.dev/dataplane-mode"
 AMBIENT = "ambient"
 OPT_OUT = "none"
+USE_WAYPOINT_LABEL = "ambit.dev/use-waypoint"
+"""on a Namespace or a Service: the name of the waypoint (a Gateway in the same namespace); ``none`` on a
+Service opts it out of its namespace's waypoint"""
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""on a waypoint's Service and pods: the Gateway they were made for"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +47,8 @@ class ServicePort:
     target_port: int | str
     protocol: str = "TCP"
     name: str = ""
+    app_protocol: str = ""
+    """``appProtocol`` (e.g. ``http``, ``kubernetes.io/h2c``, ``grpc``): how the waypoint talks upstream"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +68,10 @@ class Service:
     cluster_ip: str
     ports: tuple[ServicePort, ...]
     endpoints: tuple[Endpoint, ...] = ()
+    waypoint: str = ""
+    """the waypoint (Gateway name, same namespace) this Service's traffic must pass through; "" for none"""
+    gateway: str = ""
+    """for a waypoint's own Service: the Gateway it serves (label ``gateway.networking.k8s.io/gateway-name``)"""
 
     @property
     def hostname(self) -> str:
@@ -72,14 +83,14 @@ class Service:
                 return p
         return None
 
-    def targets(self, port: int) -> list[tuple[Endpoint, int]]:
-        """ready endpoints with the endpoint port serving service port ``port``"""
+    def targets(self, port: int, *, ready_only: bool = True) -> list[tuple[Endpoint, int]]:
+        """(ready) endpoints with the endpoint port serving service port ``port``"""
         sp = self.port(port)
         if sp is None:
             return []
         out = []
         for ep in self.endpoints:
-            if not ep.ready:
+            if ready_only and not ep.ready:
                 continue
             target = ep.ports.get(sp.name)
             if target is None and isinstance(sp.target_port, int) and len(self.ports) == 1:
@@ -87,6 +98,9 @@ class Service:
             if target is not None:
                 out.append((ep, target))
         return out
+
+
+WaypointGuard = model.WaypointGuard
 
 
 def _frozen(d: dict) -> Mapping:
@@ -104,6 +118,10 @@ class Snapshot:
     namespace_labels: Mapping[str, Mapping[str, str]] = field(default_factory=lambda: _frozen({}))
     mesh_by_ip: Mapping[str, model.Workload] = field(default_factory=lambda: _frozen({}))
     """the proxy's view of every addressable pod, built once per snapshot"""
+    waypoints: Mapping[tuple[str, str], Service] = field(default_factory=lambda: _frozen({}))
+    """(namespace, gateway name) -> the waypoint's Service"""
+    waypoint_guards: Mapping[tuple[str, int], WaypointGuard] = field(default_factory=lambda: _frozen({}))
+    """(pod ip, port) of pods behind a waypoint -> who may connect to them"""
     version: int = 0
 
     def local_workloads(self) -> list[Workload]:
@@ -125,6 +143,15 @@ def is_enrolled(pod_labels: Mapping[str, str], namespace_labels: Mapping[str, st
     if pod_mode == AMBIENT:
         return True
     return namespace_labels.get(DATAPLANE_LABEL) == AMBIENT
+
+
+def waypoint_of(service_labels: Mapping[str, str], namespace_labels: Mapping[str, str]) -> str:
+    """The waypoint a Service uses: its own label wins (``none`` opts out), else its namespace's.
+    A waypoint's own Service never uses one (it would loop)."""
+    if GATEWAY_NAME_LABEL in service_labels:
+        return ""
+    name = service_labels.get(USE_WAYPOINT_LABEL) or namespace_labels.get(USE_WAYPOINT_LABEL) or ""
+    return "" if name == OPT_OUT else name
 
 
 def workload_name(pod: dict) -> str:
@@ -216,6 +243,7 @@ def build(
                 target_port=_int_or_str(p.get("targetPort", p.get("port"))),
                 protocol=p.get("protocol") or "TCP",
                 name=p.get("name") or "",
+                app_protocol=p.get("appProtocol") or "",
             )
             for p in spec.get("ports") or []
             if p.get("port") is not None
@@ -234,8 +262,11 @@ def build(
                         node=ep.get("nodeName") or "",
                         pod_uid=((ep.get("targetRef") or {}).get("uid") or ""),
                     ))
+        labels = meta.get("labels") or {}
         service = Service(name=key[1], namespace=key[0], cluster_ip=spec.get("clusterIP") or "",
-                          ports=ports, endpoints=tuple(endpoints))
+                          ports=ports, endpoints=tuple(endpoints),
+                          waypoint=waypoint_of(labels, ns_labels.get(key[0], {})),
+                          gateway=labels.get(GATEWAY_NAME_LABEL, ""))
         by_name[key] = service
         if _is_ip(service.cluster_ip):
             by_vip[service.cluster_ip] = service
@@ -247,6 +278,7 @@ def build(
         )
         for ip, w in by_ip.items()
     }
+    waypoints = {(svc.namespace, svc.gateway): svc for svc in by_name.values() if svc.gateway}
     return Snapshot(
         node=node,
         trust_domain=trust_domain,
@@ -256,8 +288,30 @@ def build(
         services_by_name=_frozen(by_name),
         namespace_labels=_frozen(ns_labels),
         mesh_by_ip=_frozen(mesh_by_ip),
+        waypoints=_frozen(waypoints),
+        waypoint_guards=_frozen(_waypoint_guards(by_name.values(), waypoints, by_ip)),
         version=version,
     )
+
+
+def _waypoint_guards(
+    services: Iterable[Service], waypoints: Mapping[tuple[str, str], Service], pods_by_ip: Mapping[str, Workload]
+) -> dict[tuple[str, int], WaypointGuard]:
+    """Every (pod ip, target port) that backs a Service bound to a waypoint, with the identities of
+    that waypoint's pods: the destination agent lets only them in (no silent bypass)."""
+    guards: dict[tuple[str, int], WaypointGuard] = {}
+    for svc in services:
+        if not svc.waypoint:
+            continue
+        wp = waypoints.get((svc.namespace, svc.waypoint))
+        identities = frozenset(
+            pods_by_ip[ep.ip].identity for ep in (wp.endpoints if wp else ()) if ep.ip in pods_by_ip
+        )
+        guard = WaypointGuard(waypoint=f"{svc.namespace}/{svc.waypoint}", identities=identities)
+        for sp in svc.ports:
+            for ep, target in svc.targets(sp.port, ready_only=False):
+                guards[(ep.ip, target)] = guard
+    return guards
 
 
 def _int_or_str(value) -> int | str:

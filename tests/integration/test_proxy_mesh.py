@@ -21,17 +21,25 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from node_agent.identity.spiffe import SpiffeId
 from node_agent.proxy.balancer import PeakEwmaBalancer
-from node_agent.proxy.inbound import InboundListener
+from node_agent.proxy.inbound import InboundListener, accept_tunnel
 from node_agent.proxy.inbound_plaintext import InboundPlaintextListener
 from node_agent.proxy.listener import ProxyInputs
-from node_agent.proxy.model import Endpoint, MeshRoute, Passthrough, ServiceTarget, Workload, WorkloadUid
+from node_agent.proxy.model import (
+    Endpoint,
+    MeshRoute,
+    Passthrough,
+    ServiceTarget,
+    WaypointGuard,
+    Workload,
+    WorkloadUid,
+)
 from node_agent.proxy.outbound import OutboundListener
-from node_agent.proxy.pump import PumpEnd, PumpResult
+from node_agent.proxy.pump import PumpEnd, PumpResult, Stream
 from node_agent.proxy.records import ConnectionRecord
 from node_agent.proxy.settings import ProxySettings
 from node_agent.proxy.sockets import HostSocketFactory
 from node_agent.proxy.tls import TlsContexts
-from node_agent.proxy.tunnel import ResponseDecoder, Status, TunnelHeader, encode_header
+from node_agent.proxy.tunnel import ResponseDecoder, Status, TunnelHeader, encode_header, encode_response
 
 NOW = dt.datetime.now(dt.timezone.utc)
 VIP = ("10.96.0.10", 80)
@@ -100,6 +108,8 @@ WEB = Workload(uid=WorkloadUid("u-web"), name="web-1", namespace="shop", service
                ips=("127.0.0.2",), node="node-1", workload_name="web")
 CART = Workload(uid=WorkloadUid("u-cart"), name="cart-1", namespace="shop", service_account="cart",
                 ips=("127.0.0.3",), node="node-2", workload_name="cart")
+WAYPOINT = Workload(uid=WorkloadUid("u-wp"), name="waypoint-1", namespace="shop", service_account="waypoint",
+                    ips=("127.0.0.5",), node="node-1", workload_name="waypoint", enrolled=False)
 GONE = Workload(uid=WorkloadUid("u-gone"), name="cart-0", namespace="shop", service_account="cart",
                 ips=("127.0.0.4",), node="node-3", workload_name="cart")
 
@@ -111,6 +121,10 @@ class Resolver:
     def __init__(self, routes: dict[tuple[str, int], MeshRoute | Passthrough], workloads: list[Workload]) -> None:
         self.routes = routes
         self.by_ip = {w.ip: w for w in workloads}
+        self.guards: dict[tuple[str, int], WaypointGuard] = {}
+
+    def waypoint_guard(self, ip: str, port: int) -> WaypointGuard | None:
+        return self.guards.get((ip, port))
 
     def route(self, *, source: Workload, ip: str, port: int) -> MeshRoute | Passthrough:
         return self.routes.get((ip, port), Passthrough())
@@ -170,7 +184,7 @@ class Mesh:
         endpoints = tuple(Endpoint(self.expected or w, self.app_port) for w in self.endpoint_workloads)
         service = ServiceTarget(name="cart", namespace="shop", hostname="cart.shop.svc.cluster.local",
                                 vip=VIP[0], port=VIP[1])
-        resolver = Resolver({VIP: MeshRoute(endpoints=endpoints, service=service),
+        self.resolver = resolver = Resolver({VIP: MeshRoute(endpoints=endpoints, service=service),
                              GREETER_VIP: MeshRoute(endpoints=(Endpoint(CART, greeter_port),)),
                              ("10.96.0.99", 80): MeshRoute(endpoints=(), service=None)}, [WEB, CART])
         self.node1_sockets = HostSocketFactory()
@@ -521,5 +535,94 @@ def test_stop_drains_then_aborts_open_connections() -> None:
             assert len(mesh.node1.registry) == 0 and len(mesh.node2.registry) == 0
             assert mesh.outbound.open_connections == 0
         assert [t for t in asyncio.all_tasks() if t.get_name().startswith("ambit-")] == []
+
+    run(main())
+
+
+# ------------------------------------------------------------------ waypoints
+
+
+def _guard(*identities: SpiffeId) -> WaypointGuard:
+    return WaypointGuard(waypoint="shop/waypoint", identities=frozenset(i.uri for i in identities))
+
+
+def test_pod_behind_a_waypoint_refuses_everyone_else_on_every_path() -> None:
+    """Through the tunnel, on the same node and in plaintext: only the waypoint may reach the pod."""
+    async def main() -> None:
+        for same_node in (False, True):
+            async with Mesh(same_node=same_node) as mesh:
+                mesh.resolver.guards[(CART.ip, mesh.app_port)] = _guard(WAYPOINT.identity)
+                reader, writer = await mesh.connect()
+                writer.write(b"secret")
+                await closed_without_data(reader)
+                writer.close()
+                records = mesh.out_records if same_node else mesh.in_records
+                record, _ = (await records.wait_closed(1))[0]
+                assert record.response_flags == "WAYPOINT_BYPASS"
+                assert "behind waypoint shop/waypoint" in (record.detail or "")
+                if same_node:
+                    continue
+                reader, writer = await asyncio.open_connection(*mesh.plaintext.address)
+                writer.write(b"secret")
+                await closed_without_data(reader)
+                writer.close()
+                plain = [r for r, _ in await mesh.in_records.wait_closed(2) if r.listener == "inbound_plaintext"]
+                assert [r.response_flags for r in plain] == ["WAYPOINT_BYPASS"]
+                mesh.resolver.guards[(CART.ip, mesh.app_port)] = _guard(WEB.identity)  # web is the waypoint now
+                assert await mesh.ping(b"ok") == b"okbye"
+
+    run(main())
+
+
+def test_service_bound_to_a_waypoint_goes_through_it_or_nowhere() -> None:
+    """The waypoint gets the service address in the header under mTLS with its own identity; without
+    a ready waypoint the connection is refused, never sent to the endpoints directly."""
+    async def main() -> None:
+        async with Mesh() as mesh:
+            headers: list[TunnelHeader] = []
+            inputs = ProxyInputs(node_name="node-1", resolver=mesh.resolver, sockets=HostSocketFactory(),
+                                 tls=TlsContexts(certs=Certs(CA, WAYPOINT.identity)), settings=mesh.node1.settings)
+
+            loop = asyncio.get_running_loop()
+
+            async def serve(stream: Stream) -> None:
+                header, source = await accept_tunnel(inputs, stream, identity=WAYPOINT.identity,
+                                                     record=ConnectionRecord(listener="waypoint", reporter="destination"))
+                assert source == WEB.identity
+                headers.append(header)
+                stream.write(encode_response(Status.OK) + b"via waypoint")
+                stream.close()
+
+            tasks: set[asyncio.Task] = set()
+
+            def accepted(stream: Stream) -> None:
+                task = loop.create_task(serve(stream))
+                tasks.add(task)
+
+            server = await loop.create_server(lambda: Stream(on_connected=accepted), WAYPOINT.ip,
+                                              mesh.tunnel_port)
+            try:
+                service = ServiceTarget(name="cart", namespace="shop", hostname="cart.shop.svc.cluster.local",
+                                        vip=VIP[0], port=VIP[1])
+                mesh.resolver.routes[VIP] = MeshRoute(endpoints=(Endpoint(WAYPOINT, 15008),), service=service,
+                                                      waypoint="shop/waypoint")
+                reader, writer = await mesh.connect()
+                assert await reader.read() == b"via waypoint"
+                writer.close()
+                assert headers[0].target_ip == VIP[0] and headers[0].target_port == VIP[1]
+                assert headers[0].destination_service == "cart.shop.svc.cluster.local"
+                assert headers[0].source_workload == "web" and headers[0].source_namespace == "shop"
+                mesh.resolver.routes[VIP] = MeshRoute(endpoints=(), service=service, waypoint="shop/waypoint")
+                reader, writer = await mesh.connect()
+                await closed_without_data(reader)
+                writer.close()
+                records = sorted((r for r, _ in await mesh.out_records.wait_closed(2)), key=lambda r: r.id)
+                assert records[0].waypoint == "shop/waypoint" and records[0].destination_principal == WAYPOINT.identity.uri
+                assert records[1].response_flags == "NO_WAYPOINT"
+                assert "bound to waypoint shop/waypoint" in (records[1].detail or "")
+                assert mesh.in_records.opened_records == []  # cart itself was never reached
+            finally:
+                server.close()
+                await asyncio.gather(*tasks, return_exceptions=True)
 
     run(main())

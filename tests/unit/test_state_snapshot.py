@@ -145,3 +145,77 @@ def test_service_names_resolve_to_their_cluster_ip(host, expected):
     snap = build(node="node-1", trust_domain="cluster.local", namespaces=[ns("ambit-system")], pods=[],
                  services=services, endpoint_slices=[])
     assert SnapshotResolver(SnapshotHolder(snap)).service_address(host) == expected
+
+
+@pytest.mark.parametrize(
+    "svc_labels, ns_labels, expected",
+    [
+        ({}, {}, ""),
+        ({}, {"ambit.dev/use-waypoint": "waypoint"}, "waypoint"),
+        ({"ambit.dev/use-waypoint": "canary"}, {"ambit.dev/use-waypoint": "waypoint"}, "canary"),
+        ({"ambit.dev/use-waypoint": "none"}, {"ambit.dev/use-waypoint": "waypoint"}, ""),
+        ({"gateway.networking.k8s.io/gateway-name": "waypoint"}, {"ambit.dev/use-waypoint": "waypoint"}, ""),
+    ],
+    ids=["nothing", "namespace", "service-wins", "service-opts-out", "the-waypoint-itself"],
+)
+def test_waypoint_binding(svc_labels, ns_labels, expected):
+    from node_agent.state.snapshot import waypoint_of
+
+    assert waypoint_of(svc_labels, ns_labels) == expected
+
+
+def _waypoint_snapshot(*, waypoint_pods: bool):
+    from node_agent.state.resolver import SnapshotResolver
+    from node_agent.state.snapshot import SnapshotHolder
+
+    def service(name, ip, port, target, labels=None):
+        return {"metadata": {"name": name, "namespace": "shop", "labels": labels or {}},
+                "spec": {"clusterIP": ip, "ports": [{"name": "p", "port": port, "targetPort": target}]}}
+
+    def slice_(svc, ip, port, ready=True):
+        return {"metadata": {"name": f"{svc}-x", "namespace": "shop",
+                             "labels": {"kubernetes.io/service-name": svc}},
+                "ports": [{"name": "p", "port": port}],
+                "endpoints": [{"addresses": [ip], "conditions": {"ready": ready}, "nodeName": "node-1"}]}
+
+    wp_labels = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+    pods = [pod("web-1", ip="10.210.1.5", sa="web"), pod("web-2", ip="10.210.1.6", sa="web")]
+    slices = [slice_("web", "10.210.1.5", 8080), slice_("web", "10.210.1.6", 8080, ready=False)]
+    if waypoint_pods:
+        pods.append(pod("waypoint-1", ip="10.210.1.9", sa="waypoint", labels=wp_labels))
+        slices.append(slice_("waypoint", "10.210.1.9", 15008))
+    snap = build(node="node-1", trust_domain="cluster.local",
+                 namespaces=[ns("shop", **{"ambit.dev/dataplane-mode": "ambient", "ambit.dev/use-waypoint": "waypoint"})],
+                 pods=pods,
+                 services=[service("web", "10.220.0.10", 80, 8080),
+                           service("waypoint", "10.220.0.20", 15008, 15008, wp_labels)],
+                 endpoint_slices=slices)
+    return snap, SnapshotResolver(SnapshotHolder(snap))
+
+
+def test_service_bound_to_a_waypoint_routes_to_its_pods_and_guards_its_endpoints():
+    from node_agent.proxy.model import MeshRoute
+
+    snap, resolver = _waypoint_snapshot(waypoint_pods=True)
+    src = snap.mesh_by_ip["10.210.1.5"]
+    route = resolver.route(source=src, ip="10.220.0.10", port=80)
+    assert isinstance(route, MeshRoute) and route.waypoint == "shop/waypoint"
+    assert [(ep.workload.name, ep.port) for ep in route.endpoints] == [("waypoint-1", 15008)]
+    assert route.service is not None and route.service.vip == "10.220.0.10"
+    # both endpoints are guarded, ready or not; the waypoint's own service is not bound to itself
+    for ip in ("10.210.1.5", "10.210.1.6"):
+        guard = resolver.waypoint_guard(ip, 8080)
+        assert guard is not None and guard.identities == {"spiffe://cluster.local/ns/shop/sa/waypoint"}
+    assert resolver.waypoint_guard("10.210.1.5", 9090) is None
+    wp_route = resolver.route(source=src, ip="10.220.0.20", port=15008)
+    assert isinstance(wp_route, MeshRoute) and wp_route.waypoint == ""
+
+
+def test_missing_waypoint_fails_closed():
+    from node_agent.proxy.model import MeshRoute
+
+    snap, resolver = _waypoint_snapshot(waypoint_pods=False)
+    route = resolver.route(source=snap.mesh_by_ip["10.210.1.5"], ip="10.220.0.10", port=80)
+    assert isinstance(route, MeshRoute) and route.endpoints == () and route.waypoint == "shop/waypoint"
+    guard = resolver.waypoint_guard("10.210.1.5", 8080)
+    assert guard is not None and guard.identities == frozenset()
