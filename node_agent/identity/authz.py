@@ -2,13 +2,15 @@
 
 1. authenticate: the bearer token goes to TokenReview with the CA's audience; it must be accepted,
    for that audience, belong to a service account, and be bound to a pod (a projected token);
-2. the caller must be the node agent's service account (the seam for other roles is ``authorize``);
-3. the caller's pod must still exist (same UID as the token names) and be scheduled; its nodeName is
+2. the caller's pod must still exist (same UID as the token names) and be scheduled; its nodeName is
    the caller's node;
-4. the requested identity ns/sa must have at least one Running or Pending pod with that service
-   account on that node.
+3. the node agent's service account may obtain an identity ns/sa when at least one Running or
+   Pending pod with that service account is on that node;
+4. any other caller (a waypoint) may obtain only its own identity (its token's ns/sa), while its
+   pod is Running or Pending.
 A node agent can therefore only obtain identities of workloads that run beside it: a compromised
-node leaks the identities of its own pods, not the mesh's.
+node leaks the identities of its own pods, not the mesh's; a workload gets nothing it does not
+already hold (its service account token).
 """
 from __future__ import annotations
 
@@ -115,9 +117,7 @@ class NodeAuthorizer:
     async def authorize(self, caller: Caller, identity: SpiffeId) -> str:
         """Check that ``caller`` may obtain ``identity``; return the node it was authorized for."""
         if caller.username != self._node_agent:
-            # Seam: a waypoint asking for its own identity (the caller's own ns/sa) would be allowed
-            # here, without the node rule; not enabled yet, so every other caller is refused.
-            raise ForbiddenError(f"caller {caller.username} is not the node agent ({self._node_agent})")
+            return await self._own_identity(caller, identity)
         node = await self._caller_node(caller)
         pods = await self._cluster.list_pods_on_node(namespace=identity.namespace, node_name=node)
         if not any(
@@ -128,6 +128,21 @@ class NodeAuthorizer:
                 f"no Running or Pending pod with service account {identity.service_account!r} in namespace "
                 f"{identity.namespace!r} is on node {node!r}; a node agent gets only its own node's identities"
             )
+        return node
+
+    async def _own_identity(self, caller: Caller, identity: SpiffeId) -> str:
+        """Any other caller (a waypoint) gets only its own identity, while its pod runs: the same
+        node rule, since that pod is on the caller's node by definition."""
+        if (identity.namespace, identity.service_account) != (caller.namespace, caller.service_account):
+            raise ForbiddenError(
+                f"caller {caller.username} may obtain only its own identity "
+                f"(ns/{caller.namespace}/sa/{caller.service_account}), not {identity}; only the node agent "
+                f"({self._node_agent}) obtains identities for other workloads"
+            )
+        node = await self._caller_node(caller)
+        pod = await self._cluster.get_pod(namespace=caller.namespace, name=caller.pod_name)
+        if pod is None or pod.phase not in _ACTIVE_PHASES:
+            raise ForbiddenError(f"the caller's pod {caller.namespace}/{caller.pod_name} is not Running or Pending")
         return node
 
     async def _caller_node(self, caller: Caller) -> str:

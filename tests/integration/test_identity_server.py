@@ -194,8 +194,9 @@ def test_default_lifetime_is_24h():
 @pytest.mark.parametrize(
     "token, identity, status, reason",
     [
-        ("web-token", WEB, 403,
-         "caller system:serviceaccount:shop:web is not the node agent (system:serviceaccount:ambit-system:ambit-node-agent)"),
+        ("web-token", DB, 403,
+         "caller system:serviceaccount:shop:web may obtain only its own identity (ns/shop/sa/web), not "
+         "spiffe://cluster.local/ns/shop/sa/db; only the node agent (system:serviceaccount:ambit-system:ambit-node-agent)"),
         ("agent-token", DB, 403,
          "no Running or Pending pod with service account 'db' in namespace 'shop' is on node 'node-1'"),
         ("stolen-token", WEB, 401, "the token was rejected by TokenReview: invalid bearer token"),
@@ -336,8 +337,8 @@ def test_client_maps_refusals_and_outages(tmp_path):
         tokenless = HttpsCaClient(url=h.url, token_path=tmp_path / "missing", root_pem=h.ca.roots_pem, timeout=5)
         try:
             with pytest.raises(CaRefusedError) as refused:
-                await client.request_certificate(csr_pem(WEB).encode(), ttl=timedelta(hours=1))
-            assert refused.value.status == 403 and "is not the node agent" in refused.value.reason
+                await client.request_certificate(csr_pem(DB).encode(), ttl=timedelta(hours=1))
+            assert refused.value.status == 403 and "may obtain only its own identity" in refused.value.reason
             with pytest.raises(CaUnavailableError, match="does not verify against the trust bundle"):
                 await distrusting.request_certificate(csr_pem(WEB).encode(), ttl=timedelta(hours=1))
             with pytest.raises(CaUnavailableError, match="cannot reach the CA"):

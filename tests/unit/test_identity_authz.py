@@ -63,6 +63,11 @@ def test_node_agent_gets_identity_of_a_pod_on_its_node():
     assert ("review", "ambit-identity") in cluster.calls
 
 
+def test_a_waypoint_gets_its_own_identity():
+    caller = review("system:serviceaccount:shop:web", pod="web-1", uid="uid-web-1")
+    assert decide(FakeCluster(reviews={"t": caller}, pods=[web_pod(node="node-3")])) == "node-3"
+
+
 @pytest.mark.parametrize("phase", ["Running", "Pending"])
 def test_running_or_pending_pods_count(phase):
     assert decide(FakeCluster(reviews={"t": review()}, pods=[AGENT_POD, web_pod(phase=phase)])) == "node-1"
@@ -77,8 +82,10 @@ def test_running_or_pending_pods_count(phase):
          "not for audience 'ambit-identity'"),
         ("t", {"t": review(audiences=())}, [], UnauthenticatedError, "not for audience"),
         ("t", {"t": review("alice")}, [], ForbiddenError, "'alice' is not a service account"),
-        ("t", {"t": review("system:serviceaccount:shop:web", pod="web-1", uid="uid-web-1")}, [web_pod()],
-         ForbiddenError, "is not the node agent"),
+        ("t", {"t": review("system:serviceaccount:shop:db", pod="db-1", uid="uid-db-1")},
+         [web_pod(name="db-1", sa="db")], ForbiddenError, "may obtain only its own identity (ns/shop/sa/db)"),
+        ("t", {"t": review("system:serviceaccount:shop:web", pod="web-1", uid="uid-web-1")},
+         [web_pod(phase="Succeeded")], ForbiddenError, "pod shop/web-1 is not Running or Pending"),
         ("t", {"t": review(pod=None)}, [AGENT_POD, web_pod()], ForbiddenError, "not bound to a pod"),
         ("t", {"t": review()}, [web_pod()], ForbiddenError, "pod ambit-system/agent-1 no longer exists"),
         ("t", {"t": review(uid="uid-old")}, [AGENT_POD, web_pod()], ForbiddenError, "has been replaced"),
@@ -91,7 +98,8 @@ def test_running_or_pending_pods_count(phase):
         ("t", {"t": review()}, [AGENT_POD, web_pod(phase="Succeeded"), web_pod(phase="Failed", name="web-2")],
          ForbiddenError, "no Running or Pending pod"),
     ],
-    ids=["no-token", "bad-token", "wrong-audience", "audience-unaware", "not-a-service-account", "workload-caller",
+    ids=["no-token", "bad-token", "wrong-audience", "audience-unaware", "not-a-service-account", "other-workloads-identity",
+         "finished-workload-pod",
          "unbound-token", "caller-pod-gone", "caller-pod-replaced", "caller-unscheduled", "pod-on-other-node",
          "other-service-account", "other-namespace", "only-finished-pods"],
 )
