@@ -16,11 +16,11 @@ from __future__ import annotations
 import functools
 import json
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from node_agent.settings import AgentSettings
 from node_agent.state.snapshot import Snapshot
 
 
@@ -58,9 +58,20 @@ def config_dump(snap: Snapshot, *, ready: bool, certificates: list, redirection:
     }
 
 
-async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]], pods: Callable[[], Awaitable[dict]],
+class Ports(Protocol):
+    """Where the endpoints listen (the agent's and the waypoint's settings both have these)."""
+
+    admin_address: str
+    admin_port: int
+    metrics_address: str
+    metrics_port: int
+    health_port: int
+
+
+async def serve(settings: Ports, *, dump: Callable[[], Awaitable[dict]], debug: dict[str, Callable[[], Awaitable[dict]]],
                 is_ready: Callable[[], bool], registry: CollectorRegistry) -> list[web.AppRunner]:
-    """Listen on the three ports; the caller cleans the runners up."""
+    """Listen on the three ports (``debug``: JSON pages on the metrics port, by path); the caller
+    cleans the runners up."""
 
     def json_page(produce: Callable[[], Awaitable[dict]]):
         async def handler(request: web.Request) -> web.Response:
@@ -80,7 +91,8 @@ async def serve(settings: AgentSettings, *, dump: Callable[[], Awaitable[dict]],
     admin.router.add_get("/healthz/ready", ready)
     prom = web.Application()
     prom.router.add_get("/metrics", metrics)
-    prom.router.add_get("/debug/pods", json_page(pods))
+    for path, produce in debug.items():
+        prom.router.add_get(path, json_page(produce))
     health = web.Application()
     health.router.add_get("/healthz/ready", ready)
     runners: list[web.AppRunner] = []

@@ -268,7 +268,8 @@ class Agent:
                                  observer=MetricsObserver(self.metrics), registry=self.registry)
             self.captures = PodCaptures(inputs=inputs, worker=worker, sockets=self.sockets, records=self.records,
                                         certs=self.certs)
-            runners = await admin.serve(s, dump=self.config_dump, pods=self.pods_report, is_ready=lambda: self.ready,
+            runners = await admin.serve(s, dump=self.config_dump, debug={"/debug/pods": self.pods_report},
+                                        is_ready=lambda: self.ready,
                                         registry=self.metrics.registry)
             while not all(r.synced.is_set() for r in self.reflectors.values()):
                 if stop.is_set():
