@@ -117,6 +117,12 @@ class Applier:
         rv = after.metadata.resourceVersion
         return "unchanged" if rv == before["metadata"].get("resourceVersion") else "configured"
 
+    def patch_labels(self, ref: Ref, labels: dict[str, str | None]) -> None:
+        """Set (or, with None, remove) labels by merge patch, whoever set them."""
+        res = self._resource(ref.api_version, ref.kind)
+        self._call(f"labelling {ref}", res.patch, name=ref.name, namespace=ref.namespace,
+                   body={"metadata": {"labels": labels}}, content_type="application/merge-patch+json")
+
     def owned(self, selector: str, *, namespace: str, with_owner: bool = True) -> list[Ref]:
         """Every object of the chart's kinds carrying ``selector``: namespaced ones in ``namespace``.
         ``with_owner=False`` leaves out objects with an ownerReference: they belong to their owner

@@ -97,6 +97,25 @@ def cmd_stat(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_waypoint(args: argparse.Namespace) -> int:
+    from ambitctl import waypoint
+    from ambitctl.apply import Applier, connect
+
+    applier = Applier(connect(kubeconfig=args.kubeconfig, context=args.context), field_manager=waypoint.FIELD_MANAGER)
+    if args.action == "list":
+        ns = None if args.all_namespaces else args.namespace
+        print(waypoint.render(waypoint.rows(applier, namespace=ns), output=args.output))
+        return 0
+    if args.action == "apply":
+        said = waypoint.apply(applier, name=args.name, namespace=args.namespace,
+                              enroll_namespace=args.enroll_namespace, wait=args.wait or None)
+    else:
+        said = waypoint.delete(applier, name=args.name, namespace=args.namespace)
+    for line in said:
+        _say(line)
+    return 0
+
+
 def _connection_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kubeconfig", help="kubeconfig file (default: $KUBECONFIG, ~/.kube/config, in-cluster)")
     p.add_argument("--context", help="kubeconfig context (default: the current one)")
@@ -173,6 +192,22 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("destination", help="svc/NAME[:PORT], pod/NAME[:PORT] or IP:PORT")
     _workload_flags(ex, what="SRC and DST", outputs=("table", "json"))
     ex.set_defaults(func=cmd_explain)
+
+    wp = sub.add_parser("waypoint", help="L7 waypoints: Gateways of class ambit-waypoint")
+    wps = wp.add_subparsers(dest="action", required=True)
+    wpa = wps.add_parser("apply", help="create or update a waypoint for a namespace (and wait until it is ready)")
+    wpa.add_argument("--name", default="waypoint", help="the Gateway's name (default: %(default)s)")
+    wpa.add_argument("--enroll-namespace", action="store_true",
+                     help="label the namespace ambit.dev/use-waypoint=NAME: all its services use the waypoint")
+    wpa.add_argument("--wait", type=float, default=120, metavar="SECONDS",
+                     help="wait until the waypoint is Programmed (0: do not wait; default: %(default)s)")
+    wpl = wps.add_parser("list", help="waypoints, whether they are ready, and what uses them")
+    wpl.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    wpd = wps.add_parser("delete", help="delete a waypoint (and its namespace label)")
+    wpd.add_argument("name", nargs="?", default="waypoint", help="the Gateway's name (default: %(default)s)")
+    for p_ in (wpa, wpl, wpd):
+        _workload_flags(p_, what="the waypoint", outputs=("table", "json"))
+        p_.set_defaults(func=cmd_waypoint)
 
     for ep in entry_points(group="ambit.commands"):
         ep.load()(sub)

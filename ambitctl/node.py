@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from ambitctl import tables
 from ambitctl.cluster import agents_by_node
 from ambitctl.errors import AmbitctlError
 
@@ -80,18 +81,6 @@ COLUMNS = {
 def render(rows: list[dict], *, what: str, output: str) -> str:
     if output == "json":
         return json.dumps(rows, indent=2)
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table, box
-
     columns, wide = COLUMNS[what]
     names = columns + (wide if output == "wide" else [])
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for name in names:
-        table.add_column(name.upper(), no_wrap=True)
-    for row in rows:
-        table.add_row(*[str(row[n]) for n in names])
-    buffer = StringIO()
-    Console(file=buffer, width=200, color_system=None).print(table)
-    return buffer.getvalue().rstrip()
+    return tables.render(names, ([row[n] for n in names] for row in rows))

@@ -14,6 +14,7 @@ import json
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
+from ambitctl import tables
 from ambitctl.cluster import Cluster, agents_by_node, running, selector_of
 from ambitctl.errors import AmbitctlError, ClusterError
 
@@ -108,20 +109,9 @@ def _cell(value) -> str:
 def render(rows: list[Row], *, output: str, all_namespaces: bool) -> str:
     if output == "json":
         return json.dumps([asdict(r) for r in rows], indent=2)
-    from io import StringIO
-
-    from rich.console import Console
-    from rich.table import Table, box
-
     columns = (["NAMESPACE"] if all_namespaces else []) + [
         "NAME", "MESHED", "SUCCESS", "RPS", "LATENCY_P50", "LATENCY_P95", "LATENCY_P99", "TCP_CONN"]
-    table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
-    for column in columns:
-        table.add_column(column, no_wrap=True)
-    for r in rows:
-        cells = [r.name, r.meshed, _cell(r.success_rate), _cell(r.rps), _cell(r.latency_p50_ms),
-                 _cell(r.latency_p95_ms), _cell(r.latency_p99_ms), _cell(r.tcp_connections)]
-        table.add_row(*(([r.namespace] if all_namespaces else []) + cells))
-    buffer = StringIO()
-    Console(file=buffer, width=200, color_system=None).print(table)
-    return buffer.getvalue().rstrip() + f"\n\n{HTTP_HINT}"
+    lines = [([r.namespace] if all_namespaces else []) + [
+        r.name, r.meshed, _cell(r.success_rate), _cell(r.rps), _cell(r.latency_p50_ms),
+        _cell(r.latency_p95_ms), _cell(r.latency_p99_ms), _cell(r.tcp_connections)] for r in rows]
+    return tables.render(columns, lines) + f"\n\n{HTTP_HINT}"

@@ -88,3 +88,18 @@ def test_settings_name_what_is_missing():
         WaypointSettings.from_env({**env, "GATEWAY_NAME": ""})
     with pytest.raises(SettingsError, match="AMBIT_DRAIN_TIMEOUT='soon' must be a number"):
         WaypointSettings.from_env({**env, "AMBIT_DRAIN_TIMEOUT": "soon"})
+
+
+def test_ambit_waypoint_gateway_and_readiness_words():
+    from ambitctl import waypoint as cli
+
+    gw = cli.gateway("waypoint", "shop")
+    assert listener_problem(gw) == "" and is_waypoint(gw)
+    assert "is it installed" in cli.programmed(gw)
+    gw["status"] = gateway_status(GATEWAY, ready_replicas=0, address="")
+    assert cli.programmed(gw) == "Programmed=False (Pending: waiting for a waypoint pod to become ready)"
+    gw["status"] = gateway_status(GATEWAY, ready_replicas=1, address="10.96.0.9")
+    assert cli.programmed(gw) is None
+    table = cli.render([cli.Row("shop", "waypoint", "True", "10.96.0.9", "namespace,cart")], output="table")
+    assert table.splitlines()[0].split() == ["NAMESPACE", "NAME", "PROGRAMMED", "ADDRESS", "USED", "BY"]
+    assert table.splitlines()[-1].split() == ["shop", "waypoint", "True", "10.96.0.9", "namespace,cart"]
