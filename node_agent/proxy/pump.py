@@ -6,7 +6,8 @@
   avoids uvloop's leaking TLS client path (PERF-NOTES).
 - Before ``relay`` a stream is in *preamble* mode: the tunnel header and the server's answer are
   read with ``read_some`` and written with ``write``; at most ``PREAMBLE_LIMIT`` bytes are held,
-  then reading pauses.
+  then reading pauses. A caller that keeps writing in this mode (the waypoint's HTTP engine)
+  awaits ``drain`` for backpressure: it returns once the transport is below its low-water mark.
 - ``relay(client, server)`` forwards both directions at once. Reads land in one process-wide read
   buffer and are written to the peer's transport straight from it; if the transport could not
   send everything at once it keeps a reference, so the shared buffer is replaced (PERF-NOTES).
@@ -135,6 +136,8 @@ class Stream(asyncio.BufferedProtocol):
         "_bio_out",
         "_handshaking",
         "_on_connected",
+        "_write_paused",
+        "_drain_waiter",
     )
 
     def __init__(self, *, on_connected: Callable[[Stream], None] | None = None, paused: bool = False) -> None:
@@ -157,6 +160,8 @@ class Stream(asyncio.BufferedProtocol):
         self._bio_out: ssl.MemoryBIO | None = None
         self._handshaking = False
         self._on_connected = on_connected
+        self._write_paused = False  # the transport is above its high-water mark (``drain`` waits)
+        self._drain_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ protocol callbacks
 
@@ -202,16 +207,20 @@ class Stream(asyncio.BufferedProtocol):
         return True  # keep our sending direction open: half-close
 
     def pause_writing(self) -> None:
+        self._write_paused = True
         if self._peer is not None:
             self._peer._pause(_PAUSE_PEER)
 
     def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
         if self._peer is not None:
             self._peer._resume(_PAUSE_PEER)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
         self._wake()
+        self._wake_drain()
         relay = self._relay
         if relay is None:
             if exc is not None and self._error is None:
@@ -447,6 +456,36 @@ class Stream(asyncio.BufferedProtocol):
     def write(self, data: bytes) -> None:
         """Send bytes (through TLS when started) before ``relay``."""
         self._send(data)
+
+    async def drain(self) -> None:
+        """Wait until what ``write`` queued is below the low-water mark (at once when it is).
+
+        Raises ``StreamClosedError`` when the connection is gone, so a writer stops producing.
+        Its own waiter: one task may ``drain`` while another waits in ``read_some``."""
+        while True:
+            self._check_alive(during="writing")
+            if not self._write_paused:
+                return
+            waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._drain_waiter = None
+
+    def _wake_drain(self) -> None:
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    @property
+    def at_eof(self) -> bool:
+        """The remote end finished sending (FIN or close_notify); what it sent may still be buffered."""
+        return self._eof_in
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet taken with ``read_some`` (preamble mode)."""
+        return len(self._pre)
 
     def _check_alive(self, *, during: str) -> None:
         if self._error is not None:

@@ -234,6 +234,60 @@ def test_slow_reader_keeps_buffered_bytes_bounded(run) -> None:
     run(main())
 
 
+def test_drain_bounds_what_a_preamble_writer_queues(run) -> None:
+    """A writer that awaits ``drain`` after each ``write`` (the waypoint's engine, before any relay)
+    never has more than the high-water mark plus one chunk queued for a slow reader, and ``drain``
+    raises once the connection is gone instead of waiting forever."""
+    total = 8 * 1024 * 1024
+    chunk = b"\xcd" * (64 * 1024)
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        received = 0
+        release = asyncio.Event()
+
+        async def slow_reader(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            nonlocal received
+            writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+            await release.wait()
+            while received < total:
+                data = await reader.read(256 * 1024)
+                if not data:
+                    break
+                received += len(data)
+                await asyncio.sleep(0.001)
+            writer.close()
+
+        server = await asyncio.start_server(slow_reader, "127.0.0.1", 0)
+        _, stream = await loop.create_connection(Stream, *server.sockets[0].getsockname()[:2])
+        peak = 0
+        try:
+            sent = 0
+            while sent < total:
+                stream.write(chunk)
+                sent += len(chunk)
+                assert stream.transport is not None
+                peak = max(peak, stream.transport.get_write_buffer_size())
+                if sent == 16 * len(chunk):
+                    release.set()  # the reader starts only after the writer had to wait
+                await stream.drain()
+            while received < total:
+                await asyncio.sleep(0.005)
+            assert received == total
+            assert pump.WRITE_HIGH_WATER <= peak <= pump.WRITE_HIGH_WATER + len(chunk), peak
+            stream.abort()
+            with pytest.raises(pump.StreamClosedError):
+                for _ in range(100):
+                    await stream.drain()
+                    await asyncio.sleep(0.001)
+        finally:
+            stream.abort()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
 _PEER_SCRIPT = r"""
 import asyncio, sys
 
