@@ -26,7 +26,39 @@ REASONS = {
     "CERT_NOT_VALID": "a pod on the path has no valid certificate (pending or expired)",
     "NO_SERVICE": "the destination Service, pod or address does not exist, or not on that port",
     "NO_ENDPOINTS": "the destination Service has no ready endpoint",
+    "NO_WAYPOINT": "the destination Service is bound to a waypoint (ambit.dev/use-waypoint) that does not exist "
+                   "or has no ready pod: its connections are refused, never sent around it",
 }
+USE_WAYPOINT_LABEL = "ambit.dev/use-waypoint"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+
+
+def waypoint_of(svc: dict, namespace: dict) -> str:
+    """The waypoint a Service uses, as the node agent decides it (its label wins, ``none`` opts out)."""
+    labels = _labels(svc)
+    if GATEWAY_NAME_LABEL in labels:
+        return ""
+    name = labels.get(USE_WAYPOINT_LABEL) or _labels(namespace).get(USE_WAYPOINT_LABEL) or ""
+    return "" if name == "none" else name
+
+
+def _waypoint_hop(c: Cluster, out: Explanation, svc: dict) -> bool:
+    ns = svc["metadata"]["namespace"]
+    name = waypoint_of(svc, c.get("v1", "Namespace", ns) or {"metadata": {}})
+    if not name:
+        return True
+    hop = f"waypoint {ns}/{name}"
+    pods = [p for p in running(c.list("v1", "Pod", namespace=ns, selector=f"{GATEWAY_NAME_LABEL}={name}"))
+            if ready(p)]
+    if not pods:
+        exists = c.get(GATEWAY_API, "Gateway", name, ns) is not None
+        why = ("its Gateway has no ready pod: `ambit waypoint list -n " + ns + "`") if exists else \
+            f"no Gateway {ns}/{name}: `ambit waypoint apply -n {ns} --name {name}`, or remove the label"
+        return out.add(hop, False, why, "NO_WAYPOINT")
+    return out.add(hop, True, f"{len(pods)} ready waypoint pod(s); it picks the endpoint and applies L7 rules")
+
+
+GATEWAY_API = "gateway.networking.k8s.io/v1"
 
 
 @dataclass(frozen=True)
@@ -164,6 +196,8 @@ def explain(c: Cluster, *, namespace: str, source: str, destination: str) -> Exp
         endpoints, why = _endpoint_pods(c, svc, port)
         if not out.add(f"destination {what}", not why, why or f"{len(endpoints)} ready endpoint(s)",
                        "NO_SERVICE" if "no port" in why else "NO_ENDPOINTS"):
+            return out
+        if not _waypoint_hop(c, out, svc):
             return out
     else:
         endpoints = [pod]

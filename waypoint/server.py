@@ -151,21 +151,35 @@ class WaypointListener(Listener):
                 for ep, target in service.targets(port) if ep.ip in snap.mesh_by_ip]
 
     async def connect(self, endpoint: Endpoint, *, service: ServiceTarget | None, record: ConnectionRecord) -> Stream:
-        """A stream to ``endpoint``'s application: a tunnel under the waypoint's identity to an enrolled
-        pod, plain TCP to one that is not in the mesh. Raises ``UpstreamError``."""
+        """A stream to ``endpoint``'s application: a tunnel under the waypoint's identity, or plain TCP
+        when the pod has no tunnel listener (refused at 15008: it is not in the mesh). Raises
+        ``UpstreamError``.
+
+        The waypoint cannot read Namespaces (its RBAC stops at its own namespace), so it does not
+        know which pods are enrolled; it asks the pod. That leaks nothing: an enrolled pod whose
+        agent is down refuses the plaintext connection too (its rules redirect to a closed port),
+        and one whose agent is up lets only the waypoint's tunnel through."""
         target = endpoint.workload
-        if not target.enrolled:
-            try:
-                return await connect_stream(self.inputs, netns=None, host=target.ip, port=endpoint.port, bind_ip=None)
-            except (OSError, TimeoutError) as exc:
-                raise UpstreamError(f"connection to {target.namespace}/{target.name} at {target.ip}:{endpoint.port} "
-                                    f"failed: {exc}") from exc
         header = TunnelHeader(target_ip=target.ip, target_port=endpoint.port,
                               source_workload=self.workload.workload_name, source_namespace=self.workload.namespace,
                               destination_service=service.hostname if service else "",
                               original_dst=(service.vip, service.port) if service else None)
-        return await open_tunnel(self.inputs, netns=None, source=self.workload.identity, bind_ip=None,
-                                 peer=target, header=header, record=record)
+        try:
+            stream = await open_tunnel(self.inputs, netns=None, source=self.workload.identity, bind_ip=None,
+                                       peer=target, header=header, record=record)
+        except UpstreamError as exc:
+            if not isinstance(exc.__cause__, ConnectionRefusedError):
+                raise
+        else:
+            record.security_policy = SecurityPolicy.MUTUAL_TLS
+            return stream
+        try:
+            stream = await connect_stream(self.inputs, netns=None, host=target.ip, port=endpoint.port, bind_ip=None)
+        except (OSError, TimeoutError) as exc:
+            raise UpstreamError(f"connection to {target.namespace}/{target.name} at {target.ip}:{endpoint.port} "
+                                f"failed: {exc}") from exc
+        record.security_policy = SecurityPolicy.NONE
+        return stream
 
     async def _relay(self, client: Stream, service: Service, port: int, record: ConnectionRecord) -> None:
         inputs = self.inputs

@@ -127,3 +127,34 @@ def test_every_reason_has_its_section():
 
     doc = (Path(explain.__file__).resolve().parents[1] / "docs" / "explain.md").read_text()
     assert all(f"### {r.lower().replace('_', '-')}\n" in doc for r in explain.REASONS)
+
+
+class WaypointFake(Fake):
+    def __init__(self, *, waypoint_pods=(), gateway=True):
+        super().__init__(ns_labels={**ENROLLED, "ambit.dev/use-waypoint": "waypoint"})
+        self.waypoint_pods = list(waypoint_pods)
+        self.gateway = gateway
+
+    def get(self, api_version, kind, name, namespace=None):
+        if kind == "Gateway":
+            return {"metadata": {"name": name}} if self.gateway else None
+        return super().get(api_version, kind, name, namespace)
+
+    def list(self, api_version, kind, *, namespace=None, selector=""):
+        if kind == "Pod" and selector.startswith("gateway.networking.k8s.io/gateway-name="):
+            return self.waypoint_pods
+        return super().list(api_version, kind, namespace=namespace, selector=selector)
+
+
+def test_a_service_behind_a_missing_or_unready_waypoint_is_broken_there():
+    result = run(WaypointFake(gateway=False))
+    assert result.broken.reason == "NO_WAYPOINT" and result.broken.name == "waypoint demo/waypoint"
+    assert "ambit waypoint apply -n demo --name waypoint" in result.broken.detail
+    unready = pod("waypoint-1", "node-1")
+    unready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
+    assert "no ready pod" in run(WaypointFake(waypoint_pods=[unready])).broken.detail
+    ready_pod = pod("waypoint-1", "node-1")
+    ready_pod["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    result = run(WaypointFake(waypoint_pods=[ready_pod]))
+    assert result.broken is None
+    assert "✔ waypoint demo/waypoint: 1 ready waypoint pod(s)" in explain.render(result, output="table")
