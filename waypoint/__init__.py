@@ -1,5 +1,8 @@
-"""The L7 waypoint proxy: not built yet.
+"""The L7 waypoint proxy: HTTP routing, retries, timeouts and request metrics for the Services bound to it.
 
-It will terminate the tunnel (reusing ``node_agent.proxy`` and ``node_agent.identity``), parse
-HTTP/1.1 and HTTP/2, apply HTTPRoute rules and record request metrics (ARCHITECTURE.md).
+Along the data path of one request (the L7 core; it starts from "a downstream byte stream carrying
+HTTP for Service S port P"):
+
+- ``http1``: HTTP/1.x framing on httptools (pure): request/response parsers fed chunks, head serializers.
+- ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).
 """
