@@ -96,6 +96,8 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True, value_files: list[s
         if mesh:
             enrol_namespace(api, "demo")
             _say("namespace demo enrolled (ambit.dev/dataplane-mode=ambient): its traffic now runs over mTLS")
+        if mesh and (values.get("waypoint") or {}).get("enabled"):
+            _demo_waypoint(api)
     _say(f"sandbox up in {time.monotonic() - started:.1f}s; kubeconfig: {cfg.kubeconfig_path}")
 
 
@@ -186,6 +188,21 @@ def _wait_nodes_ready(cfg: SandboxConfig, api, *, timeout: float) -> None:
                                    f"see {cfg.log_dir / ('kubelet-' + cfg.node_name(i) + '.log')}")
         time.sleep(0.2)
     raise SandboxError(f"nodes {sorted(want - ready)} not Ready after {timeout:.0f}s; see {cfg.log_dir}")
+
+
+def _demo_waypoint(api) -> None:
+    """The demo's L7: a waypoint for namespace demo, bound to the whole namespace (``ambit waypoint
+    apply -n demo --enroll-namespace``), so its request metrics show each service's success rate."""
+    from ambitctl import waypoint
+    from ambitctl.apply import Applier
+    from ambitctl.errors import AmbitctlError
+
+    try:
+        waypoint.apply(Applier(api, field_manager=waypoint.FIELD_MANAGER), name="waypoint", namespace="demo",
+                       enroll_namespace=True, wait=60)
+    except AmbitctlError as exc:
+        raise SandboxError(f"the demo's waypoint: {exc}") from exc
+    _say("waypoint demo/waypoint ready; namespace demo uses it (ambit.dev/use-waypoint=waypoint)")
 
 
 def enrol_namespace(api, namespace: str) -> None:
