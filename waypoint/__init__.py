@@ -4,5 +4,8 @@ Along the data path of one request (the L7 core; it starts from "a downstream by
 HTTP for Service S port P"):
 
 - ``http1``: HTTP/1.x framing on httptools (pure): request/response parsers fed chunks, head serializers.
+- ``routes``: HTTPRoutes (mesh profile) parsed into frozen values; a ``RouteTable`` per snapshot picks the rule.
+- ``budget``: the per-route retry budget (20% of requests + 10/s over 10 s); ``accrual``: endpoints that keep
+  failing rest with a doubling penalty, then one probe decides.
 - ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).
 """
