@@ -7,5 +7,7 @@ HTTP for Service S port P"):
 - ``routes``: HTTPRoutes (mesh profile) parsed into frozen values; a ``RouteTable`` per snapshot picks the rule.
 - ``budget``: the per-route retry budget (20% of requests + 10/s over 10 s); ``accrual``: endpoints that keep
   failing rest with a doubling penalty, then one probe decides.
+- ``metrics``: ``ambit_requests_total``, ``ambit_request_duration_milliseconds`` (Istio's labels, reporter
+  "waypoint"), retries and timeouts, and one JSON access line per request.
 - ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).
 """
