@@ -9,5 +9,10 @@ HTTP for Service S port P"):
   failing rest with a doubling penalty, then one probe decides.
 - ``metrics``: ``ambit_requests_total``, ``ambit_request_duration_milliseconds`` (Istio's labels, reporter
   "waypoint"), retries and timeouts, and one JSON access line per request.
+- ``http_proxy``: the engine, ``HttpProxy.serve_http1(downstream, context=...)``: one client connection's
+  requests routed, balanced (P2C peak-EWMA, failure accrual), retried within budget, timed, streamed
+  both ways with backpressure; ``pool``: keep-alive upstream connections per endpoint.
+- ``model``: what the plumbing injects: ``RequestContext`` (service port, source identity) and the
+  ``Connector``, ``Backends`` and ``RouteSource`` Protocols.
 - ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).
 """

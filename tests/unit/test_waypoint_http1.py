@@ -9,7 +9,6 @@ from waypoint.errors import HttpError
 from waypoint.http1 import (
     Body,
     EndOfMessage,
-    Framing,
     RequestHead,
     RequestParser,
     ResponseHead,

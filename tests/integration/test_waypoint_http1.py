@@ -1,0 +1,421 @@
+"""The waypoint's HTTP/1.1 engine on a real loopback listener, real asyncio backends, real clients.
+
+Each test starts the engine (``HttpProxy.serve_http1`` per accepted connection), a few aiohttp
+backends on 127.0.0.1 (one failing every other request, one sleeping 3 s, two counting hits, one
+always 503, one echoing), and drives them with curl and wrk; it asserts what a user sees:
+status codes, bodies, the split, how often a backend was reached, metrics and access lines.
+"""
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import os
+import shutil
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import uvloop
+from aiohttp import web
+from prometheus_client import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from node_agent.proxy.errors import UpstreamError
+from node_agent.proxy.model import Endpoint, Workload, WorkloadUid
+from node_agent.proxy.pump import Stream
+from waypoint.accrual import AccrualSettings
+from waypoint.budget import BudgetSettings
+from waypoint.http_proxy import HttpProxy, HttpSettings
+from waypoint.metrics import RequestMetrics
+from waypoint.model import RequestContext, ServiceRef
+from waypoint.routes import RouteTable
+
+NS = "demo"
+SOURCE = RequestContext(namespace=NS, service="", port=80, source_principal="spiffe://cluster.local/ns/demo/sa/client",
+                        source_workload="client", source_namespace=NS)
+
+
+def run(coro: Awaitable[None]) -> None:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(asyncio.wait_for(coro, 120))
+
+
+def route(name: str, service: str, rule: dict) -> dict:
+    return {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "HTTPRoute",
+            "metadata": {"name": name, "namespace": NS, "creationTimestamp": "2026-01-01T00:00:00Z"},
+            "spec": {"parentRefs": [{"group": "", "kind": "Service", "name": service, "port": 80}], "rules": [rule]}}
+
+
+ROUTES = [
+    route("flaky", "flaky", {"backendRefs": [{"name": "flaky", "port": 80}],
+                             "retry": {"attempts": 2, "codes": [503], "backoff": "1ms"}}),
+    route("slow", "slow", {"backendRefs": [{"name": "slow", "port": 80}], "timeouts": {"request": "300ms"}}),
+    route("split", "split", {"backendRefs": [{"name": "v1", "port": 80, "weight": 80},
+                                             {"name": "v2", "port": 80, "weight": 20}]}),
+    route("down", "down", {"backendRefs": [{"name": "down", "port": 80}],
+                           "retry": {"attempts": 3, "codes": [503], "backoff": "1ms"}}),
+]
+
+
+class Backend:
+    """One aiohttp server on 127.0.0.1 that counts the requests it receives."""
+
+    def __init__(self, name: str, handler: Callable[[Backend, web.Request], Awaitable[web.StreamResponse]]) -> None:
+        self.name = name
+        self.hits = 0
+        self._handler = handler
+        self.runner: web.AppRunner | None = None
+        self.port = 0
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.hits += 1
+        return await self._handler(self, request)
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+
+
+async def flaky(b: Backend, request: web.Request) -> web.Response:
+    return web.Response(status=503 if b.hits % 2 else 200, text=f"{b.name} {b.hits}\n")
+
+
+async def slow(b: Backend, request: web.Request) -> web.Response:
+    await asyncio.sleep(3)
+    return web.Response(text="slow\n")
+
+
+async def hello(b: Backend, request: web.Request) -> web.Response:
+    return web.Response(text=f"{b.name}\n")
+
+
+async def unavailable(b: Backend, request: web.Request) -> web.Response:
+    return web.Response(status=503, text="down\n")
+
+
+async def echo(b: Backend, request: web.Request) -> web.StreamResponse:
+    """The request body back, streamed; ``?size=N`` sends N bytes instead (a large download)."""
+    if "size" in request.query:
+        size = int(request.query["size"])
+        resp = web.StreamResponse()
+        resp.content_length = size
+        await resp.prepare(request)
+        block = b"z" * 65536
+        while size:
+            n = min(size, len(block))
+            await resp.write(block[:n])
+            size -= n
+        await resp.write_eof()
+        return resp
+    data = await request.read()
+    return web.Response(body=data, headers={"x-sha256": hashlib.sha256(data).hexdigest()})
+
+
+class Backends:
+    def __init__(self, services: dict[str, list[Backend]]) -> None:
+        self._services = services
+
+    def endpoints(self, service: ServiceRef) -> list[Endpoint] | None:
+        backends = self._services.get(service.name)
+        if backends is None or service.port != 80:
+            return None
+        return [Endpoint(workload=Workload(uid=WorkloadUid(f"uid-{b.name}"), name=f"{b.name}-pod", namespace=NS,
+                                           service_account=b.name, ips=("127.0.0.1",), node="node-1",
+                                           workload_name=b.name), port=b.port) for b in backends]
+
+    def app_protocol(self, service: ServiceRef) -> str:
+        return "http"
+
+
+class Connector:
+    async def connect(self, endpoint: Endpoint, *, service: ServiceRef) -> Stream:
+        try:
+            _, stream = await asyncio.get_running_loop().create_connection(Stream, endpoint.workload.ip, endpoint.port)
+        except OSError as exc:
+            raise UpstreamError(f"connection to {endpoint.workload.ip}:{endpoint.port} failed: {exc}") from exc
+        return stream
+
+
+class Routes:
+    def __init__(self, table: RouteTable) -> None:
+        self.table = table
+
+    def route_table(self) -> RouteTable:
+        return self.table
+
+
+class Waypoint:
+    """The engine behind a loopback listener; one task per connection, kept and cancelled at the end."""
+
+    def __init__(self, proxy: HttpProxy) -> None:
+        self.proxy = proxy
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.servers: list[asyncio.AbstractServer] = []
+        self.ports: dict[str, int] = {}
+
+    async def listen(self, service: str) -> int:
+        """A listener whose connections are for ``service`` (the plumbing learns it from the tunnel)."""
+        loop = asyncio.get_running_loop()
+
+        def accepted(stream: Stream) -> None:
+            context = RequestContext(namespace=NS, service=service, port=80, source_principal=SOURCE.source_principal,
+                                     source_workload="client", source_namespace=NS)
+            task = loop.create_task(self.proxy.serve_http1(stream, context=context), name=f"test-waypoint-{service}")
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+        server = await loop.create_server(lambda: Stream(on_connected=accepted, paused=True), "127.0.0.1", 0)
+        self.servers.append(server)
+        port = server.sockets[0].getsockname()[1]
+        self.ports[service] = port
+        return port
+
+    async def stop(self) -> None:
+        for server in self.servers:
+            server.close()
+        for task in list(self.tasks):
+            task.cancel()
+        if self.tasks:
+            await asyncio.wait(set(self.tasks), timeout=5)
+        self.proxy.close()
+        for server in self.servers:
+            await server.wait_closed()
+
+    def url(self, service: str, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.ports[service]}{path}"
+
+
+@asynccontextmanager
+async def mesh(settings: HttpSettings | None = None):
+    backends = {
+        "flaky": [Backend("flaky", flaky)],
+        "slow": [Backend("slow", slow)],
+        "v1": [Backend("v1", hello)],
+        "v2": [Backend("v2", hello)],
+        "down": [Backend("down", unavailable)],
+        "echo": [Backend("echo", echo)],
+    }
+    backends["split"] = []  # the route's parent: only its backends serve
+    started: list[Backend] = []
+    wp = Waypoint(HttpProxy(connector=Connector(), backends=Backends(backends), routes=Routes(RouteTable.build(ROUTES)),
+                            metrics=RequestMetrics(), settings=settings))
+    try:
+        for group in backends.values():
+            for b in group:
+                await b.start()
+                started.append(b)
+        for service in ("flaky", "slow", "split", "down", "echo"):
+            await wp.listen(service)
+        yield wp, {b.name: b for b in started}
+    finally:
+        await wp.stop()
+        for b in started:
+            await b.stop()
+
+
+async def curl(*args: str, timeout: float = 60) -> tuple[int, str, str]:
+    tool = shutil.which("curl")
+    assert tool, "curl is not installed (make deps installs it; these tests never skip)"
+    proc = await asyncio.create_subprocess_exec(tool, "-sS", *args, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), timeout)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def codes(url: str, n: int) -> list[str]:
+    """``n`` requests on keep-alive connections (one curl, many URLs): each one's status code."""
+    rc, out, err = await curl("-w", "%{http_code}\n", *(["-o", "/dev/null", url] * n))
+    assert rc == 0, err
+    return out.split()
+
+
+def samples(proxy: HttpProxy) -> dict[str, list]:
+    out: dict[str, list] = {}
+    for family in text_string_to_metric_families(generate_latest(proxy.metrics.registry).decode()):
+        for s in family.samples:
+            out.setdefault(s.name, []).append(s)
+    return out
+
+
+# ------------------------------------------------------------------- tests
+
+
+def test_retries_turn_a_backend_failing_every_other_request_into_successes(caplog) -> None:
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            with caplog.at_level(logging.INFO, logger="ambit.access"):
+                # every first attempt meets the 503 (the backend alternates): 100 retries, within the
+                # default budget's 10/s reserve plus 20% of the requests
+                got = await codes(wp.url("flaky", "/items?id=7"), 100)
+            assert Counter(got)["200"] >= 99, Counter(got)
+            assert b["flaky"].hits >= 199  # the 503s were there, the retries hid them
+            lines = [json.loads(r.getMessage()) for r in caplog.records if r.name == "ambit.access"]
+            assert len(lines) == 100
+            retried = [line for line in lines if line["retries"] == 1]
+            assert len(retried) >= 99
+            line = retried[0]
+            assert {k: line[k] for k in ("method", "authority", "path", "status", "upstream", "dst_service", "route",
+                                         "src_principal", "flags")} == {
+                "method": "GET", "authority": f"127.0.0.1:{wp.ports['flaky']}", "path": "/items", "status": 200,
+                "upstream": f"127.0.0.1:{b['flaky'].port}", "dst_service": "flaky.demo.svc.cluster.local",
+                "route": "demo/flaky", "src_principal": SOURCE.source_principal, "flags": "-"}
+            s = samples(wp.proxy)
+            ok = [x for x in s["ambit_requests_total"] if x.labels["response_code"] == "200"]
+            assert sum(x.value for x in ok) >= 99
+            assert ok[0].labels == {
+                "reporter": "waypoint", "source_workload": "client", "source_namespace": "demo",
+                "source_principal": SOURCE.source_principal, "destination_service": "flaky.demo.svc.cluster.local",
+                "destination_workload": "flaky", "destination_namespace": "demo", "request_protocol": "http",
+                "response_code": "200", "grpc_response_status": "-", "response_flags": "-"}
+            retries, = s["ambit_request_retries_total"]
+            assert retries.value == sum(line["retries"] for line in lines)
+
+    run(main())
+
+
+def test_a_request_timeout_answers_504_within_a_second() -> None:
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            started = time.monotonic()
+            rc, out, err = await curl("-o", "/dev/null", "-w", "%{http_code}", wp.url("slow"))
+            elapsed = time.monotonic() - started
+            assert (rc, out) == (0, "504"), err
+            assert elapsed < 1.0, elapsed
+            s = samples(wp.proxy)
+            answered, = s["ambit_requests_total"]
+            assert (answered.labels["response_code"], answered.labels["response_flags"]) == ("504", "UT")
+            timeouts, = s["ambit_request_timeouts_total"]
+            assert (timeouts.labels["timeout"], timeouts.value) == ("request", 1)
+
+    run(main())
+
+
+def test_weights_80_20_split_300_requests() -> None:
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            got = await codes(wp.url("split"), 300)
+            assert Counter(got) == {"200": 300}
+            share = b["v1"].hits / 300
+            assert b["v1"].hits + b["v2"].hits == 300
+            assert 0.72 <= share <= 0.88, share
+            by_workload = {x.labels["destination_workload"]: x.value for x in samples(wp.proxy)["ambit_requests_total"]}
+            assert by_workload == {"v1": b["v1"].hits, "v2": b["v2"].hits}
+
+    run(main())
+
+
+def test_the_retry_budget_bounds_what_an_always_failing_backend_receives() -> None:
+    budget = BudgetSettings(retry_ratio=0.2, min_retries_per_second=1.0, ttl=10.0)  # 10 in reserve
+
+    async def main() -> None:
+        # accrual would stop sending to the backend after 7 failures; here the budget alone is measured
+        async with mesh(HttpSettings(budget=budget, accrual=AccrualSettings(failures=10_000))) as (wp, b):
+            got = await codes(wp.url("down"), 100)
+            assert Counter(got) == {"503": 100}
+            allowed_retries = 1.0 * 10.0 + 0.2 * 100
+            assert 100 < b["down"].hits <= 100 + allowed_retries, b["down"].hits
+            flags = Counter({x.labels["response_flags"]: x.value for x in samples(wp.proxy)["ambit_requests_total"]})
+            assert flags["UO"] >= 60, flags  # the budget said no
+            assert flags["URX"] + flags["UO"] == 100, flags
+
+    run(main())
+
+
+def test_failure_accrual_rests_a_failing_endpoint_and_503s_without_reaching_it() -> None:
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            got = await codes(wp.url("down"), 30)
+            assert Counter(got) == {"503": 30}
+            # 7 consecutive failures eject the one endpoint for ~1 s: the rest never reach it
+            assert b["down"].hits == 7, b["down"].hits
+            rc, out, _ = await curl(wp.url("down"))
+            assert out == "no healthy upstream\n"
+            await asyncio.sleep(1.6)  # the penalty (1 s + up to 50% jitter) is over: one probe goes through
+            await codes(wp.url("down"), 3)
+            assert b["down"].hits == 8, b["down"].hits
+
+    run(main())
+
+
+def test_large_bodies_both_ways_chunked_and_keep_alive(tmp_path: Path) -> None:
+    payload = tmp_path / "payload"
+    payload.write_bytes(os.urandom(3 * 1024 * 1024 + 17))
+    digest = hashlib.sha256(payload.read_bytes()).hexdigest()
+
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            out_file = tmp_path / "echoed"
+            rc, out, err = await curl("--data-binary", f"@{payload}", "-o", str(out_file), "-D", "-",
+                                      wp.url("echo", "/upload"))
+            assert rc == 0, err
+            assert out.startswith("HTTP/1.1 100 Continue") or out.startswith("HTTP/1.1 200"), out
+            assert f"x-sha256: {digest}" in out.lower()
+            assert hashlib.sha256(out_file.read_bytes()).hexdigest() == digest
+            rc, out, err = await curl("--data-binary", f"@{payload}", "-H", "Transfer-Encoding: chunked",
+                                      "-o", "/dev/null", "-D", "-", wp.url("echo", "/chunked"))
+            assert rc == 0 and f"x-sha256: {digest}" in out.lower(), (out, err)
+            size = 20 * 1024 * 1024
+            rc, out, err = await curl("-w", "%{size_download} %{num_connects}\n",
+                                      "-o", "/dev/null", wp.url("echo", f"/download?size={size}"),
+                                      "-o", "/dev/null", wp.url("echo", "/again?size=5"))
+            assert rc == 0, err
+            assert out.split("\n")[:2] == [f"{size} 1", "5 0"]  # the second request reused the connection
+
+    run(main())
+
+
+def test_pipelined_and_http_1_0_requests() -> None:
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            reader, writer = await asyncio.open_connection("127.0.0.1", wp.ports["split"])
+            writer.write(b"GET /a HTTP/1.1\r\nHost: split\r\n\r\nGET /b HTTP/1.1\r\nHost: split\r\n\r\n"
+                         b"GET /c HTTP/1.0\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(-1), 10)  # the 1.0 request ends the connection
+            writer.close()
+            assert data.count(b"HTTP/1.1 200 OK") == 3, data
+            assert b["v1"].hits + b["v2"].hits == 3
+            reader, writer = await asyncio.open_connection("127.0.0.1", wp.ports["split"])
+            writer.write(b"GET / HTTP/1.1\r\nHost: split\r\nX: " + b"a" * 70_000 + b"\r\n\r\n")
+            data = await asyncio.wait_for(reader.read(-1), 10)
+            writer.close()
+            assert data.startswith(b"HTTP/1.1 431 "), data[:100]
+
+    run(main())
+
+
+def test_wrk_short_run_without_errors() -> None:
+    tool = shutil.which("wrk")
+    assert tool, "wrk is not installed (make deps installs it; these tests never skip)"
+
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            proc = await asyncio.create_subprocess_exec(tool, "-t1", "-c8", "-d1s", wp.url("split"),
+                                                        stdout=asyncio.subprocess.PIPE,
+                                                        stderr=asyncio.subprocess.PIPE)
+            out, err = await asyncio.wait_for(proc.communicate(), 30)
+            text = out.decode()
+            assert proc.returncode == 0, text + err.decode()
+            assert "Non-2xx" not in text and "Socket errors" not in text, text
+            total = int(text.split(" requests in ")[0].split()[-1])
+            assert total > 100, text
+            assert b["v1"].hits + b["v2"].hits >= total
+
+    run(main())
