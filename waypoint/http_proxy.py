@@ -250,7 +250,7 @@ class HttpProxy:
             downstream.close()
         except StreamClosedError:
             downstream.abort()  # the client went away while we were writing
-        except asyncio.CancelledError:
+        except BaseException:  # cancelled (shutdown), or a bug the caller logs
             downstream.abort()
             raise
 
@@ -479,8 +479,10 @@ class HttpProxy:
                             raise upload.exception()  # type: ignore[misc]  # the client's body broke off
                     parser.feed_eof()
         except HttpError as exc:
-            if exc.status != 502:
-                raise  # the client's, answered by _exchange
+            if exc.status != 502:  # the client's, answered by _exchange
+                self.accrual.cancel(key)
+                await self._discard(outcome)
+                raise
             outcome.stale = reused and not received
             if outcome.stale:
                 self.accrual.cancel(key)

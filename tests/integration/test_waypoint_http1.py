@@ -40,8 +40,12 @@ SOURCE = RequestContext(namespace=NS, service="", port=80, source_principal="spi
 
 
 def run(coro: Awaitable[None]) -> None:
+    async def bounded() -> None:
+        async with asyncio.timeout(120):
+            await coro
+
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        runner.run(asyncio.wait_for(coro, 120))
+        runner.run(bounded())
 
 
 def route(name: str, service: str, rule: dict) -> dict:
@@ -417,5 +421,64 @@ def test_wrk_short_run_without_errors() -> None:
             total = int(text.split(" requests in ")[0].split()[-1])
             assert total > 100, text
             assert b["v1"].hits + b["v2"].hits >= total
+
+    run(main())
+
+
+def test_cancelling_and_client_disconnects_leave_no_connection_or_task_behind() -> None:
+    """A request stuck on a silent backend is cut by cancelling the waypoint's connection task (its
+    shutdown path); a client that goes away mid-download makes the waypoint drop the upstream."""
+
+    async def main() -> None:
+        closed = asyncio.Event()
+        got_request = asyncio.Event()
+        writers: list[asyncio.StreamWriter] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writers.append(writer)
+            await reader.readuntil(b"\r\n\r\n")
+            got_request.set()
+            await reader.read()  # until the waypoint closes its side
+            closed.set()
+            writer.close()
+
+        silent_server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        try:
+            async with mesh() as (wp, b):
+                wp.proxy._backends._services["silent"] = [Backend("silent", hello)]  # type: ignore[attr-defined]
+                wp.proxy._backends._services["silent"][0].port = silent_server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+                await wp.listen("silent")
+                reader, writer = await asyncio.open_connection("127.0.0.1", wp.ports["silent"])
+                writer.write(b"GET / HTTP/1.1\r\nHost: silent\r\n\r\n")
+                await asyncio.wait_for(got_request.wait(), 10)
+                task, = [t for t in wp.tasks if t.get_name() == "test-waypoint-silent"]
+                task.cancel()
+                await asyncio.wait({task}, timeout=5)
+                assert task.cancelled()
+                await asyncio.wait_for(closed.wait(), 5)  # the upstream was closed
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # and the client's connection
+                writer.close()
+
+                # a client that leaves in the middle of a 50 MB download
+                reader, writer = await asyncio.open_connection("127.0.0.1", wp.ports["echo"])
+                writer.write(b"GET /download?size=52428800 HTTP/1.1\r\nHost: echo\r\n\r\n")
+                await reader.readexactly(1024 * 1024)
+                writer.transport.abort()
+                for _ in range(100):
+                    if not [t for t in wp.tasks if t.get_name() == "test-waypoint-echo"]:
+                        break
+                    await asyncio.sleep(0.05)
+                assert not [t for t in wp.tasks if t.get_name() == "test-waypoint-echo"]
+                assert wp.proxy.pool.idle((("127.0.0.1", b["echo"].port))) == 0  # not pooled mid-body
+                flags = {x.labels["response_flags"] for x in samples(wp.proxy)["ambit_requests_total"]
+                         if x.labels["destination_workload"] == "echo"}
+                assert flags == {"DC"}, flags
+        finally:
+            for w in writers:
+                w.close()
+            silent_server.close()
+            await silent_server.wait_closed()
+        leftover = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        assert not leftover, leftover
 
     run(main())
