@@ -17,6 +17,8 @@ from kubernetes import client as k8s
 from node_agent.discovery.reflector import Reflector
 from node_agent.state.snapshot import Snapshot, SnapshotHolder, build
 
+from waypoint.routes import RouteTable
+
 log = logging.getLogger(__name__)
 
 GATEWAY_GROUP = "gateway.networking.k8s.io"
@@ -25,10 +27,11 @@ GATEWAY_VERSION = "v1"
 
 @dataclass(frozen=True)
 class WaypointView:
-    """One consistent view: the namespace's snapshot and its HTTPRoutes (raw objects)."""
+    """One consistent view: the namespace's snapshot, its HTTPRoutes (raw) and their route table."""
 
     snapshot: Snapshot
     http_routes: tuple[dict, ...] = field(default_factory=tuple)
+    routes: RouteTable = field(default_factory=RouteTable)
 
 
 class Discovery:
@@ -72,7 +75,11 @@ class Discovery:
         snap = build(node=self._node, trust_domain=self.trust_domain, namespaces=[], pods=stores["pods"],
                      services=stores["services"], endpoint_slices=stores["endpointslices"], version=self._version)
         self.holder.publish(snap)
-        self.view = WaypointView(snapshot=snap, http_routes=tuple(stores["httproutes"]))
+        raw_routes = tuple(stores["httproutes"])
+        routes = RouteTable.build(raw_routes)
+        for error in routes.errors:
+            log.warning("HTTPRoute ignored: %s", error)
+        self.view = WaypointView(snapshot=snap, http_routes=raw_routes, routes=routes)
         return self.view
 
     def start(self, stop: threading.Event) -> None:

@@ -22,13 +22,18 @@ from node_agent.identity.manager import CertificateManager
 from node_agent.metrics import MetricsObserver, TcpMetrics
 from node_agent.proxy import model
 from node_agent.proxy.listener import ProxyInputs
+from node_agent.proxy.pump import Stream
 from node_agent.proxy.records import ConnectionRegistry
 from node_agent.proxy.sockets import HostSocketFactory
 from node_agent.proxy.tls import TlsContexts
 from node_agent.state.resolver import SnapshotResolver
 
 from waypoint.discovery import Discovery
-from waypoint.server import WaypointListener
+from waypoint.http_proxy import HttpProxy
+from waypoint.metrics import RequestMetrics
+from waypoint.model import RequestContext
+from waypoint.routes import RouteTable
+from waypoint.server import Request, SnapshotBackends, WaypointListener
 from waypoint.settings import WaypointSettings
 
 log = logging.getLogger(__name__)
@@ -44,12 +49,26 @@ class Waypoint:
         self.discovery = discovery
         self.pod_ip = pod_ip
         self.metrics = TcpMetrics()
+        self.requests = RequestMetrics(self.metrics.registry)  # one /metrics page: TCP and HTTP
+        self.http: HttpProxy | None = None
         self.registry = ConnectionRegistry()
         self.ready = False
         self.workload = model.Workload(
             uid=model.WorkloadUid(settings.pod_name), name=settings.pod_name, namespace=settings.namespace,
             service_account=settings.service_account, ips=(pod_ip,), node=os.environ.get("NODE_NAME", ""),
             workload_name=settings.gateway, trust_domain=settings.trust_domain, enrolled=False)
+
+    def route_table(self) -> RouteTable:
+        """``waypoint.model.RouteSource``: the routes of the current view."""
+        return self.discovery.view.routes
+
+    async def _serve_http(self, stream: Stream, request: Request) -> None:
+        assert self.http is not None
+        svc = request.service
+        context = RequestContext(namespace=svc.namespace, service=svc.name, port=request.port,
+                                 source_principal=request.source_principal, source_workload=request.source_workload,
+                                 source_namespace=request.source_namespace, cluster_domain=self.settings.trust_domain)
+        await self.http.serve_http1(stream, context=context)
 
     async def config_dump(self) -> dict:
         view = self.discovery.view
@@ -64,6 +83,7 @@ class Waypoint:
                           "endpoints": [{"ip": e.ip, "ready": e.ready} for e in s.endpoints]}
                          for s in sorted(snap.services_by_name.values(), key=lambda x: x.name)],
             "http_routes": [r.get("metadata", {}).get("name") for r in view.http_routes],
+            "http_route_errors": [str(e) for e in view.routes.errors],
             "certificates": self.certs.snapshot(),
             "connections": self.registry.dump(),
         }
@@ -107,6 +127,9 @@ class Waypoint:
                     log.warning("no certificate for %s yet: %s", self.workload.identity, exc)
             listener = WaypointListener(inputs=inputs, workload=self.workload, gateway=s.gateway,
                                         view=lambda: self.discovery.view, host="0.0.0.0", port=s.tunnel_port)
+            backends = SnapshotBackends(listener)
+            self.http = HttpProxy(connector=backends, backends=backends, routes=self, metrics=self.requests)
+            listener.set_http(self._serve_http)
             await listener.start()
             self.ready = True
             log.info("waypoint %s/%s ready on :%d as %s", s.namespace, s.gateway, s.tunnel_port, self.workload.identity)
@@ -116,6 +139,8 @@ class Waypoint:
             threads_stop.set()
             if listener is not None:
                 await listener.stop(drain=s.drain_timeout)
+            if self.http is not None:
+                self.http.close()
             if writer is not None:
                 writer.cancel()
                 await asyncio.gather(writer, return_exceptions=True)

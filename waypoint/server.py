@@ -3,8 +3,8 @@
 Per connection: the tunnel's server side as the waypoint's own identity (``accept_tunnel``: TLS 1.3,
 a client certificate of the mesh, the header) -> the header's target must be a Service of this
 namespace that is not bound to another waypoint -> answer ``OK`` -> then, by what the client
-sends first (``detect``): HTTP goes to the L7 engine when one is wired in (``http``); anything else
-(or a client that waits for the server) is relayed as TCP to one of the Service's endpoints over a
+sends first (``detect``): HTTP/1.x goes to the L7 engine (``http``, ``waypoint.http_proxy``); anything else
+(HTTP/2 for now, or a client that waits for the server) is relayed as TCP to one of the Service's endpoints over a
 new tunnel under the waypoint's identity (the node agent's ``open_tunnel`` and the one pump).
 """
 from __future__ import annotations
@@ -24,6 +24,7 @@ from node_agent.proxy.tunnel import Status, TunnelHeader, encode_response
 from node_agent.state.snapshot import Service
 
 from waypoint.discovery import WaypointView
+from waypoint.model import ServiceRef
 
 REPORTER = "waypoint"
 DETECT_TIMEOUT = 1.0
@@ -78,6 +79,10 @@ class WaypointListener(Listener):
         self._view = view
         self._http = http
 
+    def set_http(self, http: HttpHandler) -> None:
+        """Wire the L7 engine (it needs the listener to connect, so it comes after construction)."""
+        self._http = http
+
     async def _handle(self, stream: Stream) -> None:
         transport = stream.transport
         assert transport is not None
@@ -101,7 +106,7 @@ class WaypointListener(Listener):
         stream.write(encode_response(Status.OK))
         first = await self._first_bytes(stream)
         protocol = detect(first)
-        if protocol != "tcp" and self._http is not None:
+        if protocol == "http1" and self._http is not None:  # HTTP/2 is relayed as TCP until the engine speaks it
             self._open(record)
             try:
                 await self._http(stream, Request(service=service, port=header.target_port, record=record,
@@ -225,3 +230,38 @@ class WaypointListener(Listener):
         finally:
             inputs.balancer.finished(record.destination_address)
             self._close(record, pump.result())
+
+
+class SnapshotBackends:
+    """``waypoint.model.Backends`` and ``Connector`` over the listener's view: endpoints and
+    ``appProtocol`` from the current snapshot, connections through ``WaypointListener.connect``."""
+
+    __slots__ = ("_listener",)
+
+    def __init__(self, listener: WaypointListener) -> None:
+        self._listener = listener
+
+    def _service(self, ref: ServiceRef) -> Service | None:
+        return self._listener._view().snapshot.services_by_name.get((ref.namespace, ref.name))
+
+    def endpoints(self, service: ServiceRef) -> list[Endpoint] | None:
+        svc = self._service(service)
+        if svc is None or svc.port(service.port) is None:
+            return None
+        return self._listener.endpoints(svc, service.port)
+
+    def app_protocol(self, service: ServiceRef) -> str:
+        svc = self._service(service)
+        port = svc.port(service.port) if svc is not None else None
+        return port.app_protocol if port is not None else ""
+
+    async def connect(self, endpoint: Endpoint, *, service: ServiceRef) -> Stream:
+        svc = self._service(service)
+        target = None
+        if svc is not None:
+            td = self._listener._view().snapshot.trust_domain
+            if svc.cluster_ip not in ("", "None"):  # headless: no address for the header
+                target = ServiceTarget(name=svc.name, namespace=svc.namespace, hostname=f"{svc.hostname}.{td}",
+                                       vip=svc.cluster_ip, port=service.port)
+        record = ConnectionRecord(listener=self._listener.kind, reporter=REPORTER)
+        return await self._listener.connect(endpoint, service=target, record=record)
