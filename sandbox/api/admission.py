@@ -1,13 +1,15 @@
 """Per-kind defaulting and validation, applied on every write (pure functions on dicts).
 
 :func:`apply_defaults` fills what the Kubernetes API server fills (pod spec defaults, service
-ports, deployment strategy, namespace label, ...); :func:`validate` returns ``details.causes``.
+ports, deployment strategy, namespace label, ...; for a custom resource: pruning and defaults
+from its CRD's schema); :func:`validate` returns ``details.causes``.
 """
 from __future__ import annotations
 
 import base64
 from typing import Any, Callable
 
+from . import crds, structural
 from .registry import ResourceType
 from .selectors import SelectorError, label_selector_from_dict
 from .validation import check_dns1123_label, invalid_cause, object_meta_causes, required
@@ -129,13 +131,20 @@ _DEFAULTS: dict[str, Callable[[Obj], None]] = {
     "Service": _service,
     "Namespace": _namespace,
     "Secret": _secret,
+    "CustomResourceDefinition": crds.apply_defaults,
 }
 
 
-def apply_defaults(rt: ResourceType, obj: Obj) -> None:
+def apply_defaults(rt: ResourceType, obj: Obj) -> list[str]:
+    """Default ``obj`` in place; returns the fields pruned as unknown (custom resources only)."""
+    if rt.custom is not None:
+        unknown = structural.prune(rt.custom.schema, obj)
+        structural.apply_defaults(rt.custom.schema, obj)
+        return unknown
     fn = _DEFAULTS.get(rt.kind)
     if fn is not None:
         fn(obj)
+    return []
 
 
 # ---- validation ------------------------------------------------------------------------------
@@ -233,11 +242,15 @@ _VALIDATORS: dict[str, Callable[[Obj], list[dict[str, str]]]] = {
     "ReplicaSet": _workload,
     "DaemonSet": _workload,
     "Service": _service_causes,
+    "CustomResourceDefinition": crds.validate,
 }
 
 
 def validate(rt: ResourceType, obj: Obj) -> list[dict[str, str]]:
     causes = object_meta_causes(obj.get("metadata") or {}, name_rule=rt.name_rule)
+    if rt.custom is not None:
+        causes.extend(rt.custom.validator.causes(obj))
+        return causes
     fn = _VALIDATORS.get(rt.kind)
     if fn is not None:
         causes.extend(fn(obj))

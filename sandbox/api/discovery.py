@@ -4,6 +4,8 @@ kubectl asks for aggregated discovery (``APIGroupDiscoveryList``) and stops ther
 it; the Python ``DynamicClient`` walks the legacy documents. ``/openapi/v3`` carries one
 ``patch`` operation per kind with a ``fieldValidation`` parameter, which is what lets
 ``kubectl apply`` trust the server to validate (it then sends ``fieldValidation=Strict``).
+Every document is built from the :class:`~sandbox.api.registry.Registry` at request time, so a
+CRD's kinds appear (and go) with it.
 """
 from __future__ import annotations
 
@@ -11,8 +13,7 @@ import hashlib
 import json
 from typing import Any
 
-from . import registry
-from .registry import ResourceType
+from .registry import Registry, ResourceType
 
 GIT_VERSION = "v1.32.0-ambit"
 Obj = dict[str, Any]
@@ -44,7 +45,7 @@ def api_versions(server_address: str) -> Obj:
     }
 
 
-def _named_groups() -> dict[str, list[str]]:
+def _named_groups(registry: Registry) -> dict[str, list[str]]:
     groups: dict[str, list[str]] = {}
     for group, version in registry.group_versions():
         if group:
@@ -52,16 +53,16 @@ def _named_groups() -> dict[str, list[str]]:
     return groups
 
 
-def api_group(group: str) -> Obj | None:
-    versions = _named_groups().get(group)
+def api_group(registry: Registry, group: str) -> Obj | None:
+    versions = _named_groups(registry).get(group)
     if not versions:
         return None
     gvs = [{"groupVersion": f"{group}/{v}", "version": v} for v in versions]
     return {"kind": "APIGroup", "apiVersion": "v1", "name": group, "versions": gvs, "preferredVersion": gvs[0]}
 
 
-def api_group_list() -> Obj:
-    groups = [api_group(g) for g in _named_groups()]
+def api_group_list(registry: Registry) -> Obj:
+    groups = [api_group(registry, g) for g in _named_groups(registry)]
     for g in groups:
         assert g is not None
         g.pop("kind")
@@ -83,7 +84,7 @@ def _subresources(rt: ResourceType) -> list[tuple[str, Obj, list[str]]]:
     return out
 
 
-def api_resource_list(group: str, version: str) -> Obj | None:
+def api_resource_list(registry: Registry, group: str, version: str) -> Obj | None:
     types = registry.in_group_version(group, version)
     if not types:
         return None
@@ -127,7 +128,7 @@ def _aggregated_resource(rt: ResourceType) -> Obj:
     return entry
 
 
-def aggregated_discovery(*, core: bool, api_version: str = "apidiscovery.k8s.io/v2") -> Obj:
+def aggregated_discovery(registry: Registry, *, core: bool, api_version: str = "apidiscovery.k8s.io/v2") -> Obj:
     """``APIGroupDiscoveryList`` for ``/api`` (core=True) or ``/apis``."""
     items: list[Obj] = []
     groups: dict[str, list[str]] = {}
@@ -159,7 +160,7 @@ def _gv_path(group: str, version: str) -> str:
     return f"apis/{group}/{version}" if group else f"api/{version}"
 
 
-def openapi_v3_document(group: str, version: str) -> Obj | None:
+def openapi_v3_document(registry: Registry, group: str, version: str) -> Obj | None:
     types = registry.in_group_version(group, version)
     if not types:
         return None
@@ -197,10 +198,10 @@ def _hash(doc: Obj) -> str:
     return hashlib.sha512(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:32].upper()
 
 
-def openapi_v3_root() -> Obj:
+def openapi_v3_root(registry: Registry) -> Obj:
     paths: Obj = {}
     for group, version in registry.group_versions():
-        doc = openapi_v3_document(group, version)
+        doc = openapi_v3_document(registry, group, version)
         assert doc is not None
         path = _gv_path(group, version)
         paths[path] = {"serverRelativeURL": f"/openapi/v3/{path}?hash={_hash(doc)}"}

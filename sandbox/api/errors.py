@@ -136,12 +136,14 @@ def conflict(resource: str, name: str, *, group: str = "") -> Conflict:
     )
 
 
-def invalid(kind: str, name: str, causes: list[dict[str, str]], *, group: str = "") -> Invalid:
-    """Build a 422 the way Kubernetes words it: `Kind "name" is invalid: field: msg, field: msg`."""
+def invalid(kind: str, name: str, causes: list[dict[str, str]], *, group: str = "", qualified: bool = False) -> Invalid:
+    """Build a 422 the way Kubernetes words it: `Kind "name" is invalid: field: msg, field: msg`
+    (``qualified``: `Kind.group "name"`, as for custom resources)."""
     summary = ", ".join(f"{c['field']}: {c['message']}" if c.get("field") else c["message"] for c in causes)
     if len(causes) > 1:
         summary = f"[{summary}]"
     details: dict[str, Any] = {"name": name, "kind": kind, "causes": causes}
     if group:
         details["group"] = group
-    return Invalid(f'{kind} "{name}" is invalid: {summary}', details=details)
+    shown = f"{kind}.{group}" if qualified and group else kind
+    return Invalid(f'{shown} "{name}" is invalid: {summary}', details=details)

@@ -2,9 +2,11 @@
 
 One catch-all route parses Kubernetes paths (``/api/v1/namespaces/{ns}/{plural}/{name}/{sub}``,
 ``/apis/{group}/{version}/...``, legacy ``.../watch/...``) into a :class:`Target`; each verb
-maps to one method of ``resources.Resources``. Lists and gets answer JSON, a ``meta.k8s.io``
-Table (``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) or PartialObjectMetadata; watches are
-handed to ``watch.serve_watch``. Every request but /version and the health checks needs a
+maps to one method of ``resources.Resources``; kinds are looked up in its registry (built-ins and
+CRDs alike). Lists and gets answer JSON, a ``meta.k8s.io`` Table
+(``Accept: ...;as=Table;v=v1;g=meta.k8s.io``) or PartialObjectMetadata, custom resources at the
+version asked for; watches are handed to ``watch.serve_watch``. Writes take ``fieldValidation``
+(Strict/Warn/Ignore) and answer unknown fields of custom resources with ``Warning`` headers. Every request but /version and the health checks needs a
 bearer token; authenticated callers are authorized for everything (the sandbox has no RBAC).
 """
 from __future__ import annotations
@@ -19,12 +21,12 @@ from typing import Any, Awaitable, Callable
 import yaml
 from aiohttp import web
 
-from . import discovery, errors, protobuf, proxy, registry
+from . import crds, discovery, errors, protobuf, proxy
 from .deletion import DeleteOptions, DeleteOptionsError, DeleteOptionsInvalid, parse_options
 from .errors import ApiError, BadRequest, MethodNotAllowed, NotAcceptable, NotFound, UnsupportedMediaType
 from .protobuf import ProtobufError
 from .registry import ResourceType
-from .resources import PATCH_TYPES, Resources
+from .resources import FIELD_VALIDATION, PATCH_TYPES, Resources
 from .selectors import SelectorError, parse_field_selector, parse_label_selector
 from .store import Stored, dumps
 from .tables import partial_metadata, render_table
@@ -118,8 +120,12 @@ def json_response(obj: Any, *, status: int = 200, content_type: str = "applicati
     return web.Response(body=dumps(obj), status=status, headers={"Content-Type": content_type})
 
 
-def raw_response(raw: bytes, *, status: int = 200) -> web.Response:
-    return web.Response(body=raw, status=status, headers={"Content-Type": "application/json"})
+def raw_response(raw: bytes, *, status: int = 200, warnings: list[str] = ()) -> web.Response:
+    resp = web.Response(body=raw, status=status, headers={"Content-Type": "application/json"})
+    for text in dict.fromkeys(warnings):
+        # RFC 7234 warn-code 299, as kube-apiserver sends them (kubectl prints "Warning: ...")
+        resp.headers.add("Warning", "299 - " + json.dumps(text))
+    return resp
 
 
 def error_response(exc: ApiError) -> web.Response:
@@ -210,6 +216,7 @@ def decode_continue(token: str) -> tuple[str, str]:
 class Handlers:
     def __init__(self, resources: Resources, *, bookmark_interval: float = 10.0, watch_timeout: float = DEFAULT_WATCH_TIMEOUT) -> None:
         self.resources = resources
+        self.registry = resources.registry
         self.store = resources.store
         self.bookmark_interval = bookmark_interval
         self.watch_timeout = watch_timeout
@@ -262,18 +269,18 @@ class Handlers:
             if parts[1] != "v1":
                 raise NotFound("the server could not find the requested resource")
             if len(parts) == 2:
-                return json_response(discovery.api_resource_list("", "v1"))
+                return json_response(discovery.api_resource_list(self.registry, "", "v1"))
             return await self._resource(request, "", "v1", parts[2:])
         if head == "apis":
             if len(parts) == 1:
                 return self._discovery(request, core=False)
             if len(parts) == 2:
-                doc = discovery.api_group(parts[1])
+                doc = discovery.api_group(self.registry, parts[1])
                 if doc is None:
                     raise NotFound("the server could not find the requested resource")
                 return json_response(doc)
             if len(parts) == 3:
-                doc = discovery.api_resource_list(parts[1], parts[2])
+                doc = discovery.api_resource_list(self.registry, parts[1], parts[2])
                 if doc is None:
                     raise NotFound("the server could not find the requested resource")
                 return json_response(doc)
@@ -287,26 +294,26 @@ class Handlers:
             raise MethodNotAllowed(f"{request.method} is not allowed on {request.path}")
         version = negotiate_discovery(request.headers.get("Accept"))
         if version == "v2":
-            return json_response(discovery.aggregated_discovery(core=core), content_type=discovery.AGGREGATED_V2)
+            return json_response(discovery.aggregated_discovery(self.registry, core=core), content_type=discovery.AGGREGATED_V2)
         if version == "v2beta1":
-            doc = discovery.aggregated_discovery(core=core, api_version="apidiscovery.k8s.io/v2beta1")
+            doc = discovery.aggregated_discovery(self.registry, core=core, api_version="apidiscovery.k8s.io/v2beta1")
             return json_response(doc, content_type=discovery.AGGREGATED_V2BETA1)
         if core:
             return json_response(discovery.api_versions(request.host))
-        return json_response(discovery.api_group_list())
+        return json_response(discovery.api_group_list(self.registry))
 
     def _openapi(self, request: web.Request, parts: list[str]) -> web.Response:
         if len(parts) == 2 and parts[1] == "v2":
             return web.Response(body=b"", status=200, content_type="application/json")
         if len(parts) >= 2 and parts[1] == "v3":
             if len(parts) == 2:
-                return json_response(discovery.openapi_v3_root())
+                return json_response(discovery.openapi_v3_root(self.registry))
             rest = parts[2:]
             doc = None
             if rest[0] == "api" and len(rest) == 2:
-                doc = discovery.openapi_v3_document("", rest[1])
+                doc = discovery.openapi_v3_document(self.registry, "", rest[1])
             elif rest[0] == "apis" and len(rest) == 3:
-                doc = discovery.openapi_v3_document(rest[1], rest[2])
+                doc = discovery.openapi_v3_document(self.registry, rest[1], rest[2])
             if doc is not None:
                 return json_response(doc)
         raise NotFound("the server could not find the requested resource")
@@ -322,7 +329,7 @@ class Handlers:
             ns, rest = rest[1], rest[2:]
         if not rest:
             raise NotFound("the server could not find the requested resource")
-        rt = registry.lookup(group, version, rest[0])
+        rt = self.registry.lookup(group, version, rest[0])
         if rt is None or len(rest) > 3:
             raise NotFound("the server could not find the requested resource")
         name = rest[1] if len(rest) >= 2 else None
@@ -338,12 +345,17 @@ class Handlers:
     async def _resource(self, request: web.Request, group: str, version: str, rest: list[str]) -> web.StreamResponse:
         if not group and len(rest) >= 5 and rest[0] == "namespaces" and rest[2] == "pods" and rest[4] == "proxy":
             ns, ref = rest[1], rest[3]
-            pod = self.resources.get(registry.lookup("", "v1", "pods"), ns, proxy.parse_target(ref)[0]).obj
+            pod = self.resources.get(self.registry.lookup("", "v1", "pods"), ns, proxy.parse_target(ref)[0]).obj
             return await proxy.forward(request, pod, namespace=ns, ref=ref, path=rest[5:])
         t = self._target(group, version, rest)
         q = request.query
         method = request.method
         dry_run = "All" in q.getall("dryRun", [])
+        validation = q.get("fieldValidation") or "Warn"
+        if validation not in FIELD_VALIDATION:
+            raise BadRequest(f'fieldValidation must be one of "Ignore", "Warn" or "Strict", not {validation!r}')
+        warnings: list[str] = []
+        write = {"dry_run": dry_run, "field_validation": validation, "warnings": warnings}
         rt = t.rt
         if rt.verbs == ("create",):
             if method != "POST" or t.name is not None:
@@ -366,8 +378,8 @@ class Handlers:
                 return self._list(request, t)
             if method == "POST":
                 body = await read_object(request)
-                stored = self.resources.create(rt, t.namespace, body, dry_run=dry_run)
-                return raw_response(stored.raw, status=201)
+                stored = self.resources.create(rt, t.namespace, body, **write)
+                return raw_response(self._out(rt, stored), status=201, warnings=warnings)
             if method == "DELETE":
                 labels, fields = self._selectors(request)
                 options = await read_delete_options(request)
@@ -382,8 +394,8 @@ class Handlers:
             return self._one(request, rt, stored)
         if method == "PUT":
             body = await read_object(request)
-            stored = self.resources.update(rt, t.namespace, t.name, body, subresource=t.subresource, dry_run=dry_run)
-            return raw_response(stored.raw)
+            stored = self.resources.update(rt, t.namespace, t.name, body, subresource=t.subresource, **write)
+            return raw_response(self._out(rt, stored), warnings=warnings)
         if method == "PATCH":
             ptype = _content_type(request)
             if ptype not in PATCH_TYPES:
@@ -394,14 +406,14 @@ class Handlers:
                 )
             raw = await request.read()
             patch = parse_yaml(raw, what="patch") if ptype.startswith("application/apply-patch") else parse_json(raw, what="patch")
-            stored, created = self.resources.patch(rt, t.namespace, t.name, patch_type=ptype, patch=patch, subresource=t.subresource, dry_run=dry_run)
-            return raw_response(stored.raw, status=201 if created else 200)
+            stored, created = self.resources.patch(rt, t.namespace, t.name, patch_type=ptype, patch=patch, subresource=t.subresource, **write)
+            return raw_response(self._out(rt, stored), status=201 if created else 200, warnings=warnings)
         if method == "DELETE":
             if t.subresource:
                 raise MethodNotAllowed(f"DELETE is not allowed on {rt.plural}/{t.subresource}")
             options = await read_delete_options(request)
             stored = self.resources.delete(rt, t.namespace, t.name, options=options, dry_run=dry_run or options.dry_run)
-            return raw_response(stored.raw)
+            return raw_response(self._out(rt, stored))
         raise MethodNotAllowed(f"{method} is not allowed on {rt.plural}")
 
     async def _scale(self, request: web.Request, t: Target, *, dry_run: bool) -> web.Response:
@@ -429,7 +441,13 @@ class Handlers:
             raise BadRequest(str(exc)) from exc
         return labels, fields
 
+    @staticmethod
+    def _out(rt: ResourceType, stored: Stored) -> bytes:
+        """An object as ``rt``'s version reads it (custom resources are stored at one version)."""
+        return crds.as_served(rt, stored).raw
+
     def _one(self, request: web.Request, rt: ResourceType, stored: Stored) -> web.Response:
+        stored = crds.as_served(rt, stored)
         mode = negotiate(request.headers.get("Accept"))
         if mode == "table":
             include = request.query.get("includeObject", "Metadata")
@@ -445,7 +463,7 @@ class Handlers:
             if remaining is not None:
                 meta["remainingItemCount"] = remaining
         head = b'{"kind":"' + rt.list_kind.encode() + b'","apiVersion":"' + rt.group_version.encode() + b'","metadata":' + dumps(meta) + b',"items":['
-        return raw_response(head + b",".join(s.raw for s in items) + b"]}")
+        return raw_response(head + b",".join(self._out(rt, s) for s in items) + b"]}")
 
     def _list(self, request: web.Request, t: Target) -> web.Response:
         labels, fields = self._selectors(request)
@@ -469,7 +487,7 @@ class Handlers:
         mode = negotiate(request.headers.get("Accept"))
         if mode == "table":
             include = request.query.get("includeObject", "Metadata")
-            table = render_table(t.rt.columns, [s.obj for s in items], resource_version=str(rv), include_object=include)
+            table = render_table(t.rt.columns, [crds.as_served(t.rt, s).obj for s in items], resource_version=str(rv), include_object=include)
             if next_token:
                 table["metadata"]["continue"] = next_token
                 table["metadata"]["remainingItemCount"] = remaining

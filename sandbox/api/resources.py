@@ -10,6 +10,10 @@
   may be created in it), the namespace controller (``sandbox.controllers.namespace``) empties it
   and removes the ``kubernetes`` finalizer through ``/finalize``, and the namespace goes when no
   finalizer (``spec`` or ``metadata``) is left;
+- custom resources: a CustomResourceDefinition's write (re)registers its kinds in the
+  :class:`~sandbox.api.registry.Registry` (served at once, rebuilt from the store at start), its
+  objects are pruned, defaulted and validated by their version's schema (``structural``) and
+  stored at the storage version, and deleting the CRD deletes every object of its kind;
 - ClusterIP (from ``cfg.service_cidr``) and NodePort allocation for Services;
 - bootstrap: namespaces ``default``, ``kube-system``, ``kube-public`` with their ``default``
   ServiceAccounts, and the ``default/kubernetes`` Service pointing at this API;
@@ -29,11 +33,11 @@ from typing import Any
 
 from sandbox.config import SandboxConfig
 
-from . import admission, errors, registry
+from . import admission, crds, errors, jsonpath
 from .deletion import DeleteOptions, finalizers_after
 from .errors import BadRequest, Invalid, NotFound
 from .patch import PatchApplyError, PatchFormatError, apply_patch, json_patch, merge_patch, strategic_merge_patch
-from .registry import NAMESPACE, POD, SERVICE, SERVICE_ACCOUNT, ResourceType
+from .registry import CRD, NAMESPACE, POD, SERVICE, SERVICE_ACCOUNT, Registry, ResourceType, ScalePaths
 from .selectors import FieldSelector, LabelSelector, label_selector_from_dict, unsupported_fields
 from .store import Store, Stored, dumps
 from .tokens import BoundPod, TokenClaims, TokenInvalid, TokenIssuer, looks_like_jwt
@@ -48,8 +52,10 @@ STRATEGIC_PATCH = "application/strategic-merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"
 PATCH_TYPES = (MERGE_PATCH, JSON_PATCH, STRATEGIC_PATCH, APPLY_PATCH, "application/apply-patch+json")
 NODE_PORTS = range(30000, 32768)
-COLLECTED_OWNERS = ("deployments.apps", "replicasets.apps", "daemonsets.apps", "services")
+COLLECTED_OWNERS = ("deployments.apps", "replicasets.apps", "daemonsets.apps", "services", "gateways.gateway.networking.k8s.io")
 """the owner kinds whose dependents the sandbox garbage collector handles (its OWNER_KINDS)"""
+FIELD_VALIDATION = ("Strict", "Warn", "Ignore")
+"""``?fieldValidation=``: what unknown fields of a custom resource do (Warn when not asked)"""
 MIN_TOKEN_SECONDS = 600
 _NAME_CHARS = "bcdfghjklmnpqrstvwxz2456789"
 
@@ -130,6 +136,9 @@ class Resources:
         self.cfg = cfg
         self.issuer = issuer
         self._admin_token = admin_token
+        self.registry = Registry()
+        for crd in store.list(CRD.key):
+            self.registry.set_custom(crd.obj["metadata"]["name"], crds.served_types(crd.obj))
         self.ips = ServiceIPs(cfg.service_cidr)
         self.node_ports: set[int] = set()
         for s in store.list(SERVICE.key):
@@ -157,7 +166,7 @@ class Resources:
                     "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": self.cfg.api_port}],
                 },
             })
-        slices = registry.by_key("endpointslices.discovery.k8s.io")
+        slices = self.registry.by_key("endpointslices.discovery.k8s.io")
         if self.store.get(slices.key, "default", "kubernetes") is None:
             self.create(slices, "default", {
                 "metadata": {"name": "kubernetes", "labels": {"kubernetes.io/service-name": "kubernetes"}},
@@ -224,7 +233,9 @@ class Resources:
         if namespace.obj["metadata"].get("deletionTimestamp"):
             raise errors.namespace_terminating(rt.plural, name, ns, group=rt.group)
 
-    def create(self, rt: ResourceType, ns: str | None, body: Any, *, dry_run: bool = False) -> Stored:
+    def create(self, rt: ResourceType, ns: str | None, body: Any, *, dry_run: bool = False,
+               field_validation: str = "Warn", warnings: list[str] | None = None) -> Stored:
+        """``warnings`` (when given) receives what the client should be told (unknown fields)."""
         obj = self._check_body(rt, ns, body)
         meta = obj["metadata"]
         ns_key = meta.get("namespace", "")
@@ -243,10 +254,7 @@ class Resources:
         meta["uid"] = str(uuid.uuid4())
         meta["creationTimestamp"] = now_rfc3339()
         meta["generation"] = 1
-        admission.apply_defaults(rt, obj)
-        causes = admission.validate(rt, obj)
-        if causes:
-            raise errors.invalid(rt.kind, name, causes, group=rt.group)
+        self._admit(rt, obj, None, field_validation=field_validation, warnings=warnings)
         allocated = self._allocate_service(obj, None, dry_run=dry_run) if rt is SERVICE else []
         if dry_run:
             return Stored(obj, dumps(obj), 0)
@@ -259,7 +267,38 @@ class Resources:
             for ip in allocated:
                 self.ips.release(ip)
             raise
+        if rt is CRD:
+            self._serve(stored.obj)
         return stored
+
+    def _admit(self, rt: ResourceType, obj: Obj, old: Obj | None, *, field_validation: str,
+               warnings: list[str] | None) -> None:
+        """Defaults, pruning and validation of a write (422 on a broken rule); leaves ``obj`` as it
+        is to be stored (a custom resource at its storage version, a CRD with its status)."""
+        name = obj["metadata"].get("name") or ""
+        unknown = admission.apply_defaults(rt, obj)
+        if unknown and field_validation == "Strict":
+            raise self._invalid(rt, name, [{"reason": "FieldValueInvalid", "field": p, "message": "field not declared in schema"}
+                                           for p in unknown])
+        if unknown and field_validation == "Warn" and warnings is not None:
+            warnings.extend(f'unknown field "{p}"' for p in unknown)
+        causes = admission.validate(rt, obj)
+        if rt is CRD and old is not None:
+            causes += crds.immutable_causes(obj, old)
+        if causes:
+            raise self._invalid(rt, name, causes)
+        if rt is CRD:
+            obj["status"] = crds.status(obj, old_status=(old or {}).get("status"), now=now_rfc3339(),
+                                        conflict=crds.conflict_of(obj, self.registry))
+        obj["apiVersion"] = rt.storage_group_version
+
+    @staticmethod
+    def _invalid(rt: ResourceType, name: str, causes: list[dict[str, str]]) -> Invalid:
+        return errors.invalid(rt.kind, name, causes, group=rt.group, qualified=rt.custom is not None)
+
+    def _serve(self, crd: Obj) -> None:
+        """Serve what an (updated) CRD defines from now on."""
+        self.registry.set_custom(crd["metadata"]["name"], crds.served_types(crd))
 
     def _allocate_service(self, obj: Obj, old: Obj | None, *, dry_run: bool) -> list[str]:
         """Give a Service its ClusterIP and NodePorts; returns newly taken IPs (to undo on failure)."""
@@ -311,15 +350,18 @@ class Resources:
 
     # ---- update ------------------------------------------------------------------------
 
-    def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, *, subresource: str | None = None, dry_run: bool = False) -> Stored:
+    def update(self, rt: ResourceType, ns: str | None, name: str, body: Any, *, subresource: str | None = None,
+               dry_run: bool = False, field_validation: str = "Warn", warnings: list[str] | None = None) -> Stored:
         existing = self.get(rt, ns, name)
         obj = self._check_body(rt, ns, body)
         body_name = obj["metadata"].get("name")
         if body_name and body_name != name:
             raise BadRequest(f"the name of the object ({body_name}) does not match the name on the URL ({name})")
-        return self._update(rt, existing, obj, subresource=subresource, dry_run=dry_run)
+        return self._update(rt, existing, obj, subresource=subresource, dry_run=dry_run,
+                            field_validation=field_validation, warnings=warnings)
 
-    def _update(self, rt: ResourceType, existing: Stored, new: Obj, *, subresource: str | None, dry_run: bool) -> Stored:
+    def _update(self, rt: ResourceType, existing: Stored, new: Obj, *, subresource: str | None, dry_run: bool,
+                field_validation: str = "Warn", warnings: list[str] | None = None) -> Stored:
         old = existing.obj
         name = old["metadata"]["name"]
         rv = (new.get("metadata") or {}).get("resourceVersion")
@@ -364,12 +406,9 @@ class Resources:
             meta["finalizers"] = [f for f in meta.get("finalizers") or [] if f in (old["metadata"].get("finalizers") or [])]
             if not meta["finalizers"]:
                 meta.pop("finalizers")
-        admission.apply_defaults(rt, candidate)
+        self._admit(rt, candidate, old, field_validation=field_validation, warnings=warnings)
         if rt is SERVICE:
             self._allocate_service(candidate, old, dry_run=True)
-        causes = admission.validate(rt, candidate)
-        if causes:
-            raise errors.invalid(rt.kind, name, causes, group=rt.group)
         if _spec_of(candidate) != _spec_of(old):
             meta["generation"] = int(old["metadata"].get("generation", 1)) + 1
         meta["resourceVersion"] = str(existing.rv)
@@ -382,7 +421,10 @@ class Resources:
         if rt is SERVICE:
             self._release_service(old)
             self._allocate_service(candidate, old, dry_run=False)
-        return self.store.put(rt.key, candidate, event_type="MODIFIED")
+        stored = self.store.put(rt.key, candidate, event_type="MODIFIED")
+        if rt is CRD:
+            self._serve(stored.obj)
+        return stored
 
     # ---- patch -------------------------------------------------------------------------
 
@@ -396,8 +438,16 @@ class Resources:
         patch: Any,
         subresource: str | None = None,
         dry_run: bool = False,
+        field_validation: str = "Warn",
+        warnings: list[str] | None = None,
     ) -> tuple[Stored, bool]:
         """Apply a patch; returns ``(stored, created)`` (only server-side apply creates)."""
+        if patch_type == STRATEGIC_PATCH and rt.custom is not None:
+            # as Kubernetes: custom resources have no patch strategies to merge lists by
+            raise errors.UnsupportedMediaType(
+                f"the body of the request was in an unknown format - accepted media types include: {JSON_PATCH}, "
+                f"{MERGE_PATCH}, {APPLY_PATCH} (strategic merge patch is not supported for custom resources)")
+        write = {"dry_run": dry_run, "field_validation": field_validation, "warnings": warnings}
         is_apply = patch_type.startswith("application/apply-patch")
         existing = self.store.get(rt.key, (ns or "") if rt.namespaced else "", name)
         if is_apply:
@@ -413,9 +463,10 @@ class Resources:
             if is_apply and subresource is None:
                 body = copy.deepcopy(patch)
                 body.setdefault("metadata", {})["name"] = name
-                return self.create(rt, ns, body, dry_run=dry_run), True
+                return self.create(rt, ns, body, **write), True
             raise errors.not_found(rt.plural, name, group=rt.group)
         current = json.loads(existing.raw)
+        current["apiVersion"] = rt.group_version  # a custom resource may be stored at another version
         try:
             if patch_type == MERGE_PATCH:
                 patched = merge_patch(current, patch)
@@ -438,7 +489,7 @@ class Resources:
         obj = self._check_body(rt, ns, patched)
         if obj["metadata"].get("name") != name:
             raise BadRequest(f"the name of the object ({obj['metadata'].get('name')}) does not match the name on the URL ({name})")
-        return self._update(rt, existing, obj, subresource=subresource, dry_run=dry_run), False
+        return self._update(rt, existing, obj, subresource=subresource, **write), False
 
     # ---- delete ------------------------------------------------------------------------
 
@@ -480,7 +531,7 @@ class Resources:
         """Does any object in the owner's namespace name it (by uid) in its ownerReferences?"""
         uid = owner["metadata"].get("uid")
         ns = owner["metadata"].get("namespace", "")
-        for other in registry.RESOURCES:
+        for other in self.registry.kinds():
             if other.namespaced:
                 for s in self.store.list(other.key, ns):
                     if any(ref.get("uid") == uid for ref in s.obj["metadata"].get("ownerReferences") or []):
@@ -506,16 +557,28 @@ class Resources:
             if rt is NAMESPACE:
                 # normally empty by now (the namespace controller finalizes only an empty
                 # namespace); whoever removed the finalizers by hand leaves no orphans behind
-                for other in registry.RESOURCES:
+                for other in self.registry.kinds():
                     if other.namespaced:
                         for s in self.store.list(other.key, meta["name"]):
                             self._remove(other, s)
+            if rt is CRD:
+                self._remove_custom_resources(existing.obj)
             deleted = self.store.delete(rt.key, meta.get("namespace", ""), meta["name"])
         if rt is SERVICE:
             self._release_service(existing.obj)
         if deleted is None:
             raise errors.not_found(rt.plural, meta["name"], group=rt.group)
         return deleted
+
+    def _remove_custom_resources(self, crd: Obj) -> None:
+        """A CRD goes: every object of its kind goes first (DELETED events), then its watches end
+        and its kind is served no more."""
+        spec = crd.get("spec") or {}
+        key = f"{(spec.get('names') or {}).get('plural')}.{spec.get('group')}"
+        for s in self.store.list(key):
+            self.store.delete(key, s.obj["metadata"].get("namespace", ""), s.obj["metadata"]["name"])
+        self.registry.remove_custom(crd["metadata"]["name"])
+        self.store.close_watchers(key)
 
     def delete_collection(
         self,
@@ -542,16 +605,23 @@ class Resources:
     # ---- scale -------------------------------------------------------------------------
 
     def get_scale(self, rt: ResourceType, ns: str | None, name: str) -> Obj:
-        """The ``autoscaling/v1`` Scale view of a Deployment or ReplicaSet (``kubectl scale``)."""
+        """The ``autoscaling/v1`` Scale view (``kubectl scale``) of a Deployment or ReplicaSet, or
+        of a custom resource at the paths its CRD's ``subresources.scale`` names."""
         obj = self.get(rt, ns, name).obj
         meta = obj["metadata"]
-        selector = (obj.get("spec") or {}).get("selector") or {}
+        paths = rt.scale or ScalePaths()
+        replicas = _first(paths.spec_replicas, obj)
+        current = _first(paths.status_replicas, obj)
+        if paths.label_selector is None:  # built-ins: the spec's selector object
+            selector = str(label_selector_from_dict((obj.get("spec") or {}).get("selector") or {}))
+        else:
+            selector = str(_first(paths.label_selector, obj) or "") if paths.label_selector else ""
         return {
             "kind": "Scale",
             "apiVersion": "autoscaling/v1",
             "metadata": {k: meta[k] for k in ("name", "namespace", "uid", "resourceVersion", "creationTimestamp") if k in meta},
-            "spec": {"replicas": (obj.get("spec") or {}).get("replicas", 1)},
-            "status": {"replicas": int((obj.get("status") or {}).get("replicas", 0)), "selector": str(label_selector_from_dict(selector))},
+            "spec": {"replicas": replicas if isinstance(replicas, int) else (0 if rt.custom else 1)},
+            "status": {"replicas": int(current) if isinstance(current, (int, float)) else 0, "selector": selector},
         }
 
     def update_scale(self, rt: ResourceType, ns: str | None, name: str, *, patch_type: str | None, body: Any, dry_run: bool = False) -> Obj:
@@ -576,7 +646,8 @@ class Resources:
         rv = (scale.get("metadata") or {}).get("resourceVersion")
         existing = self.get(rt, ns, name)
         obj = json.loads(existing.raw)
-        obj["spec"]["replicas"] = replicas
+        jsonpath.set_value(jsonpath.parse((rt.scale or ScalePaths()).spec_replicas), obj, replicas)
+        obj["apiVersion"] = rt.group_version
         obj["metadata"]["resourceVersion"] = rv or str(existing.rv)
         self._update(rt, existing, obj, subresource=None, dry_run=dry_run)
         out = self.get_scale(rt, ns, name)
@@ -705,6 +776,11 @@ def _spec_finalizers(body: Obj, *, name: str) -> list[str]:
 
 def _spec_of(obj: Obj) -> Obj:
     return {k: v for k, v in obj.items() if k not in ("metadata", "status", "apiVersion", "kind")}
+
+
+def _first(path: str, obj: Obj) -> Any:
+    found = jsonpath.find(jsonpath.parse(path), obj)
+    return found[0] if found else None
 
 
 def matches(obj: Obj, labels: LabelSelector, fields: FieldSelector) -> bool:

@@ -214,12 +214,15 @@ class Store:
             if ev.rv > rv and ev.key == key and (namespace is None or ev.namespace == namespace):
                 yield ev
 
-    def close_watchers(self) -> None:
-        for ws in self._watchers.values():
+    def close_watchers(self, key: str | None = None) -> None:
+        """End every open watch (of ``key`` only, when given: its kind is served no more)."""
+        for k, ws in list(self._watchers.items()):
+            if key is not None and k != key:
+                continue
             for w in tuple(ws):
                 w.offer(None)
                 w.closed = True
-        self._watchers.clear()
+            del self._watchers[k]
 
     def close(self) -> None:
         self.close_watchers()

@@ -1,13 +1,17 @@
 """Server-side printing for ``kubectl get``: per-kind columns and ``meta.k8s.io/v1`` Tables.
 
-Columns are declared here as :class:`Column` tuples and attached to kinds in ``registry``. Cells
-are computed from the stored object at response time, so AGE is always current.
+Columns are declared here as :class:`Column` tuples and attached to kinds in ``registry``; a
+CRD's ``additionalPrinterColumns`` become columns with :func:`printer_column`. Cells are computed
+from the stored object at response time, so AGE is always current.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterable
+
+from . import jsonpath
 
 Obj = dict[str, Any]
 
@@ -378,18 +382,58 @@ EVENT_COLUMNS = (
 )
 
 
-def _gateway_condition(o: Obj, typ: str) -> str:
-    return next((c.get("status", "Unknown") for c in _get(o, "status", "conditions", default=[]) if c.get("type") == typ), "Unknown")
-
-
-GATEWAY_COLUMNS = (
+CRD_COLUMNS = (
     NAME,
-    Column("Class", lambda o, now: _get(o, "spec", "gatewayClassName", default="")),
-    Column("Address", lambda o, now: next((a.get("value") for a in _get(o, "status", "addresses", default=[])), "")),
-    Column("Programmed", lambda o, now: _gateway_condition(o, "Programmed")),
-    AGE,
+    Column("Created At", lambda o, now: _get(o, "metadata", "creationTimestamp", default=""), type="date",
+           description="CreationTimestamp is a timestamp representing the server time when this object was created."),
 )
-HTTPROUTE_COLUMNS = (NAME, Column("Hostnames", lambda o, now: ",".join(_get(o, "spec", "hostnames", default=[])) or ""), AGE)
+
+# ---- custom resources ------------------------------------------------------------------------
+
+
+def _go_text(value: Any) -> str:
+    """A JSON value as client-go's jsonpath prints it: maps and lists as compact JSON."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+def printer_cell(type_: str, value: Any, now: datetime) -> Any:
+    """A printer column's cell as kube-apiserver's CRD table convertor makes it (None: ``<none>``)."""
+    if value is None:
+        return None
+    if type_ == "string":
+        return _go_text(value)
+    if type_ == "integer":
+        return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if type_ == "number":
+        return value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    if type_ == "boolean":
+        return value if isinstance(value, bool) else None
+    if type_ == "date":
+        if not isinstance(value, str):
+            return None
+        return age(value, now) if parse_time(value) is not None else "<invalid>"
+    return None
+
+
+def printer_column(*, name: str, type_: str, json_path: str, format_: str = "", priority: int = 0,
+                   description: str = "") -> Column:
+    """A column from a CRD's ``additionalPrinterColumns`` entry (the path parsed once, here)."""
+    steps = jsonpath.parse(json_path)
+
+    def cell(o: Obj, now: datetime) -> Any:
+        found = jsonpath.find(steps, o)
+        return printer_cell(type_, found[0] if found else None, now)
+
+    return Column(name, cell, type=type_, priority=priority, description=description or name, format=format_)
+
 
 # ---- rendering -------------------------------------------------------------------------------
 

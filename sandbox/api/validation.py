@@ -13,6 +13,9 @@ DNS1123_LABEL_MAX = 63
 DNS1123_SUBDOMAIN_MAX = 253
 LABEL_VALUE_MAX = 63
 QUALIFIED_NAME_MAX = 63
+ANNOTATIONS_MAX_BYTES = 256 * 1024
+"""all annotation keys and values together (why client-side ``kubectl apply`` of a large CRD fails:
+its last-applied-configuration copy does not fit; ``--server-side`` does)"""
 
 _DNS1123_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _DNS1123_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
@@ -135,4 +138,8 @@ def object_meta_causes(meta: dict[str, Any], *, name_rule: str = "subdomain") ->
             causes.extend(_cause("metadata.annotations", key, m) for m in check_qualified_name(key))
             if not isinstance(value, str):
                 causes.append(_cause(f"metadata.annotations[{key}]", value, "annotation values must be strings"))
+        size = sum(len(str(k).encode()) + len(str(v).encode()) for k, v in annotations.items())
+        if size > ANNOTATIONS_MAX_BYTES:
+            causes.append({"reason": "FieldValueTooLong", "field": "metadata.annotations",
+                           "message": f"Too long: may not be more than {ANNOTATIONS_MAX_BYTES} bytes"})
     return causes

@@ -18,9 +18,10 @@ from typing import Any, Callable
 
 from aiohttp import web
 
+from . import crds
 from .registry import ResourceType
 from .selectors import FieldSelector, LabelSelector
-from .store import Event, Store, TooOld, Watcher, dumps
+from .store import Event, Store, Stored, TooOld, Watcher, dumps
 from .tables import render_table
 
 log = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class _Encoder:
         self.headers_sent = False
 
     def line(self, etype: str, obj: dict[str, Any], raw: bytes) -> bytes:
+        served = crds.as_served(self.req.rt, Stored(obj, raw, 0))
+        obj, raw = served.obj, served.raw
         if not self.req.table:
             return b'{"type":"' + etype.encode() + b'","object":' + raw + b"}\n"
         columns = self.req.rt.columns

@@ -8,7 +8,8 @@
   reflectors store, resourceVersion included.
 - For the namespace controller, which handles every namespaced resource the API serves (not
   only the kinds above): discovery, lists and ``deletecollection`` by path, and ``PUT
-  .../finalize``, through the client's generic request call.
+  .../finalize``, through the client's generic request call. CRD kinds (``CUSTOM_KINDS``: a
+  Gateway's finalizers, the garbage collector's live owner checks) go by path the same way.
 - 404 on delete and 409 on a uid precondition mean the work is already done; AlreadyExists on a
   create means the name is taken (the controller's next pass sees it); other 409s are
   ``ConflictError``; anything else is ``ApplyError``.
@@ -24,7 +25,7 @@ from kubernetes.client.exceptions import ApiException
 
 from sandbox.controllers.actions import Action, Create, Delete, DeleteCollection, FinalizeNamespace, Patch, Requeue
 from sandbox.controllers.errors import ApplyError, ConflictError
-from sandbox.controllers.objects import Kind, OwnerReference, Resource
+from sandbox.controllers.objects import CUSTOM_KINDS, Kind, OwnerReference, Resource, group_of
 
 _CONTENT_TYPES = {
     "merge": "application/merge-patch+json",
@@ -42,6 +43,8 @@ _KINDS: dict[str, tuple[type, str, type]] = {
     "EndpointSlice": (k8s.DiscoveryV1Api, "endpoint_slice", k8s.V1EndpointSlice),
     "Secret": (k8s.CoreV1Api, "secret", k8s.V1Secret),
     "ConfigMap": (k8s.CoreV1Api, "config_map", k8s.V1ConfigMap),
+    "ServiceAccount": (k8s.CoreV1Api, "service_account", k8s.V1ServiceAccount),
+    "RoleBinding": (k8s.RbacAuthorizationV1Api, "role_binding", k8s.V1RoleBinding),
 }
 
 
@@ -72,6 +75,16 @@ class Applier:
     def owner_exists(self, namespace: str, ref: OwnerReference) -> bool:
         """Live lookup for the garbage collector: does this exact owner (by uid) still exist?"""
         kind = ref.get("kind", "")
+        custom = CUSTOM_KINDS.get(kind)  # type: ignore[call-overload]
+        if custom is not None and group_of(ref.get("apiVersion", "")) == custom.group:
+            try:
+                obj = self._request("GET", custom.path(namespace, ref.get("name", "")),
+                                    what=f"look up {kind} {namespace}/{ref.get('name')}") or {}
+            except ApplyError as exc:
+                if exc.status == 404:  # gone, or its CRD is (then no such owner can exist)
+                    return False
+                raise
+            return (obj.get("metadata") or {}).get("uid") == ref.get("uid")
         if kind not in _KINDS:
             return True  # cannot tell: keep the dependent
         try:
@@ -125,6 +138,11 @@ class Applier:
             raise _convert(exc, what=action.describe()) from exc
 
     def _patch(self, action: Patch) -> dict | None:
+        custom = CUSTOM_KINDS.get(action.kind)
+        if custom is not None:
+            path = custom.path(action.namespace, action.name) + (f"/{action.subresource}" if action.subresource else "")
+            return self._request("PATCH", path, body=action.body, content_type=_CONTENT_TYPES[action.patch_type],
+                                 what=action.describe())
         method = "patch_namespaced_{}_status" if action.subresource == "status" else "patch_namespaced_{}"
         try:
             return self._call(action.kind, method, action.name, action.namespace, action.body,
@@ -165,11 +183,12 @@ class Applier:
                 return None  # gone already
             raise
 
-    def _request(self, method: str, path: str, *, what: str, body: dict | None = None) -> dict | None:
+    def _request(self, method: str, path: str, *, what: str, body: dict | list | None = None,
+                 content_type: str = "application/json") -> dict | None:
         """One request by path (for resources the typed API classes do not cover), JSON in and out."""
         headers = {"Accept": "application/json"}
         if body is not None:
-            headers["Content-Type"] = "application/json"
+            headers["Content-Type"] = content_type
         try:
             request = self._api.param_serialize(method=method, resource_path=path, header_params=headers,
                                                 body=body, auth_settings=["BearerToken"])

@@ -1,9 +1,13 @@
 """The garbage collector: dependents go when their owners are gone.
 
-- Dependents: ReplicaSets, Pods, EndpointSlices, Secrets and ConfigMaps with ownerReferences (a
-  Deployment may own what its pods create, e.g. Ambit's CA owns the root it generates). Owners it can judge:
-  Deployments, ReplicaSets, DaemonSets and Services (an object with any other owner kind is left
-  alone, since the collector cannot see whether that owner exists).
+- Dependents (:data:`DEPENDENT_KINDS`): ReplicaSets, Pods, EndpointSlices, Secrets, ConfigMaps,
+  Deployments, Services, ServiceAccounts and RoleBindings with ownerReferences (a Deployment may
+  own what its pods create, e.g. Ambit's CA owns the root it generates; a waypoint Gateway owns
+  the Deployment, Service, ServiceAccount, RoleBinding and ConfigMap its controller makes). Owners
+  it can judge (:data:`OWNERS`, kind and API group): Deployments, ReplicaSets, DaemonSets, Services
+  and Gateways (a CRD kind: while its CRD is not installed the cache is empty and the live check
+  below keeps every dependent). An object with any other owner is left alone, since the collector
+  cannot see whether that owner exists.
 - An object none of whose owners exists (by uid, in its namespace) is deleted with Background
   propagation, so a Deployment's ReplicaSets go, then their pods. The cache may lag, so each such
   delete carries its owners and the applier looks them up live first, as Kubernetes' collector
@@ -23,8 +27,10 @@ from typing import Iterable, Mapping
 
 from sandbox.controllers.actions import Action, Delete, Patch
 from sandbox.controllers.objects import (
+    API_GROUPS,
     Kind,
     Store,
+    group_of,
     is_deleting,
     meta,
     name_of,
@@ -32,8 +38,11 @@ from sandbox.controllers.objects import (
     uid_of,
 )
 
-OWNER_KINDS: tuple[Kind, ...] = ("Deployment", "ReplicaSet", "DaemonSet", "Service")
-DEPENDENT_KINDS: tuple[Kind, ...] = ("ReplicaSet", "Pod", "EndpointSlice", "Secret", "ConfigMap")
+OWNER_KINDS: tuple[Kind, ...] = ("Deployment", "ReplicaSet", "DaemonSet", "Service", "Gateway")
+DEPENDENT_KINDS: tuple[Kind, ...] = ("ReplicaSet", "Pod", "EndpointSlice", "Secret", "ConfigMap",
+                                     "Deployment", "Service", "ServiceAccount", "RoleBinding")
+OWNERS = {kind: API_GROUPS[kind] for kind in OWNER_KINDS}
+"""owner kind -> its API group: a reference is judged only when both match"""
 FOREGROUND = "foregroundDeletion"
 ORPHAN = "orphan"
 CLUSTER_KEY = "*"
@@ -57,7 +66,7 @@ def reconcile(objects: Mapping[Kind, Iterable[dict]]) -> list[Action]:
             ns = namespace_of(obj)
             for ref in refs:
                 referenced.add((ref.get("kind", ""), ns, ref.get("uid", "")))
-            if is_deleting(obj) or any(ref.get("kind") not in OWNER_KINDS for ref in refs):
+            if is_deleting(obj) or not all(_judged(ref) for ref in refs):
                 continue
             alive = [(ref, owners.get((ref.get("kind", ""), ns, ref.get("uid", "")))) for ref in refs]
             living = [(ref, o) for ref, o in alive if o is not None]
@@ -100,6 +109,11 @@ def reconcile(objects: Mapping[Kind, Iterable[dict]]) -> list[Action]:
                                                     "resourceVersion": meta(owner).get("resourceVersion")}},
                                  why="dependents handled"))
     return actions
+
+
+def _judged(ref: dict) -> bool:
+    kind = ref.get("kind", "")
+    return kind in OWNERS and group_of(ref.get("apiVersion", "")) == OWNERS[kind]
 
 
 def _finalizers(obj: dict) -> list[str]:

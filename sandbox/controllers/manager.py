@@ -1,10 +1,13 @@
 """All controllers in one process: shared reflectors, one loop per controller, until SIGTERM.
 
-One reflector per kind (Pods, Nodes, Services, EndpointSlices, Deployments, ReplicaSets,
-DaemonSets, Namespaces) feeds every controller that reads that kind. Workers start once every
-reflector has completed its first list (the garbage collector must never judge an owner missing
-because its kind has not been listed yet); that moment is readiness. Every ``resync`` seconds every key is
-enqueued again, to recover from anything missed.
+One reflector per kind the controllers read (``LIST_CALLS``: Pods, Nodes, Services,
+EndpointSlices, Deployments, ReplicaSets, DaemonSets, Namespaces, Secrets, ConfigMaps,
+ServiceAccounts, RoleBindings, and the CRD kinds of ``CUSTOM_KINDS``: Gateways) feeds every
+controller that reads that kind. Workers start once every reflector has completed its first list
+(the garbage collector must never judge an owner missing because its kind has not been listed
+yet); that moment is readiness. A CRD kind whose CRD is not installed lists as empty (and its
+watch is retried every few seconds), so readiness never waits for an optional CRD. Every
+``resync`` seconds every key is enqueued again, to recover from anything missed.
 """
 from __future__ import annotations
 
@@ -13,10 +16,12 @@ import os
 import signal
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
 
 from node_agent.discovery.reflector import Reflector
 from sandbox.config import ConfigError, SandboxConfig
@@ -27,7 +32,7 @@ from sandbox.controllers.endpointslice import EndpointSliceController
 from sandbox.controllers.errors import StartupError
 from sandbox.controllers.garbagecollector import GarbageCollector
 from sandbox.controllers.namespace import NamespaceContent, NamespaceController
-from sandbox.controllers.objects import Kind
+from sandbox.controllers.objects import CUSTOM_KINDS, CustomKind, Kind
 from sandbox.controllers.queue import WorkQueue
 from sandbox.controllers.replicaset import ReplicaSetController
 from sandbox.controllers.runtime import Applies, Cache, Controller, ControllerLoop
@@ -47,7 +52,47 @@ LIST_CALLS: dict[Kind, tuple[type, str]] = {
     "Namespace": (k8s.CoreV1Api, "list_namespace"),
     "Secret": (k8s.CoreV1Api, "list_secret_for_all_namespaces"),
     "ConfigMap": (k8s.CoreV1Api, "list_config_map_for_all_namespaces"),
+    "ServiceAccount": (k8s.CoreV1Api, "list_service_account_for_all_namespaces"),
+    "RoleBinding": (k8s.RbacAuthorizationV1Api, "list_role_binding_for_all_namespaces"),
 }
+UNSERVED_RETRY = 5.0
+"""seconds between watches of a CRD kind whose CRD is not installed"""
+
+
+class _Unserved:
+    """The answer for a CRD kind the API does not serve (yet): an empty list, or a watch that
+    ends at once; the reflector lists or watches again and finds the kind once its CRD is there."""
+
+    status = 200
+
+    def __init__(self, kind: str) -> None:
+        self.data = b'{"kind":"%sList","items":[],"metadata":{"resourceVersion":""}}' % kind.encode()
+
+    def stream(self, amt=None, decode_content=False):  # noqa: ARG002 - urllib3's signature
+        return iter(())
+
+    def close(self) -> None:
+        pass
+
+    def release_conn(self) -> None:
+        pass
+
+
+def custom_list(api: k8s.ApiClient, kind: str, custom: CustomKind, *, retry: float = UNSERVED_RETRY) -> Callable[..., Any]:
+    """A reflector's list-and-watch call for a CRD kind, tolerant of its CRD being absent."""
+    objects = k8s.CustomObjectsApi(api)
+
+    def list_or_watch(**kwargs: Any) -> Any:
+        try:
+            return objects.list_cluster_custom_object(custom.group, custom.version, custom.plural, **kwargs)
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        if kwargs.get("watch"):
+            time.sleep(retry)
+        return _Unserved(kind)
+
+    return list_or_watch
 
 # debounce per controller: the cluster-wide passes wait a little longer to batch bursts
 _DEBOUNCE = {"scheduler": 0.05, "garbagecollector": 0.3}
@@ -99,9 +144,11 @@ class ControllerManager:
         if not cfg.kubeconfig_path.exists():
             raise StartupError(f"no kubeconfig at {cfg.kubeconfig_path}; start the sandbox API first (ambit up)")
         # one client per reflector: each holds a long watch connection; one more for writes
-        list_fns = {}
+        list_fns: dict[Kind, Callable[..., Any]] = {}
         for kind, (api_cls, method) in LIST_CALLS.items():
             list_fns[kind] = getattr(api_cls(api_client(cfg, server=server)), method)
+        for kind, custom in CUSTOM_KINDS.items():
+            list_fns[kind] = custom_list(api_client(cfg, server=server), kind, custom)
         applier = Applier(api_client(cfg, server=server))
         return cls(list_fns=list_fns, applier=applier, controllers=default_controllers(content=applier))
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Literal, Mapping, Protocol, TypedDict
 
 Kind = Literal["Pod", "Node", "Service", "EndpointSlice", "Deployment", "ReplicaSet", "DaemonSet", "Namespace",
-               "Secret", "ConfigMap"]
+               "Secret", "ConfigMap", "ServiceAccount", "RoleBinding", "Gateway"]
 Key = tuple[str, str]
 """(namespace or "", name), as in the reflector's store"""
 
@@ -125,6 +125,37 @@ class Namespace(TypedDict, total=False):
     metadata: ObjectMeta
     spec: dict[str, Any]  # finalizers
     status: dict[str, Any]  # phase: Active or Terminating
+
+
+API_GROUPS: dict[Kind, str] = {
+    "Pod": "", "Node": "", "Service": "", "Namespace": "", "Secret": "", "ConfigMap": "", "ServiceAccount": "",
+    "EndpointSlice": "discovery.k8s.io", "Deployment": "apps", "ReplicaSet": "apps", "DaemonSet": "apps",
+    "RoleBinding": "rbac.authorization.k8s.io", "Gateway": "gateway.networking.k8s.io",
+}
+"""each kind's API group: an owner reference names a kind only together with its group"""
+
+
+@dataclass(frozen=True)
+class CustomKind:
+    """A kind a CustomResourceDefinition defines: served only once that CRD is installed."""
+
+    group: str
+    version: str
+    plural: str
+
+    def path(self, namespace: str, name: str = "") -> str:
+        return f"/apis/{self.group}/{self.version}/namespaces/{namespace}/{self.plural}" + (f"/{name}" if name else "")
+
+
+CUSTOM_KINDS: dict[Kind, CustomKind] = {
+    "Gateway": CustomKind("gateway.networking.k8s.io", "v1", "gateways"),
+}
+"""the CRD kinds the controllers cache and write (through paths, not the typed API classes)"""
+
+
+def group_of(api_version: str) -> str:
+    """``apps/v1`` -> ``apps``; ``v1`` -> "" (the core group)."""
+    return api_version.rpartition("/")[0]
 
 
 @dataclass(frozen=True, order=True)

@@ -258,8 +258,8 @@ def test_discovery_for_the_dynamic_client(api_client):
     from kubernetes.dynamic import DynamicClient
 
     dyn = DynamicClient(api_client)
-    gateways = dyn.resources.get(api_version="gateway.networking.k8s.io/v1", kind="Gateway")
-    assert gateways.namespaced and gateways.name == "gateways"
+    leases = dyn.resources.get(api_version="coordination.k8s.io/v1", kind="Lease")
+    assert leases.namespaced and leases.name == "leases"
     pods = dyn.resources.get(api_version="v1", kind="Pod")
     assert "po" in pods.short_names
 

@@ -89,3 +89,43 @@ def test_sigterm_ends_open_watches_and_exits_cleanly(cfg):
     finally:
         api.stop()
         c.close()
+
+
+def test_crds_and_their_objects_survive_a_restart(cfg):
+    from pathlib import Path
+
+    import yaml
+
+    crd = yaml.safe_load((Path(__file__).resolve().parents[2] / "deploy" / "charts" / "ambit" / "crds"
+                          / "gateway.networking.k8s.io_referencegrants.yaml").read_text())
+    grant = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "ReferenceGrant", "metadata": {"name": "g"},
+             "spec": {"from": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": "other"}],
+                      "to": [{"group": "", "kind": "Service"}]}}
+    with ApiProcess(cfg) as api:
+        c, _ = clients(api)
+        try:
+            client.ApiextensionsV1Api(c).create_custom_resource_definition(crd)
+            made = client.CustomObjectsApi(c).create_namespaced_custom_object(
+                "gateway.networking.k8s.io", "v1", "default", "referencegrants", grant)
+        finally:
+            c.close()
+    with ApiProcess(cfg) as api:
+        c, _ = clients(api)
+        try:
+            custom = client.CustomObjectsApi(c)
+            got = custom.get_namespaced_custom_object("gateway.networking.k8s.io", "v1beta1", "default", "referencegrants", "g")
+            assert got["metadata"]["uid"] == made["metadata"]["uid"] and got["apiVersion"] == "gateway.networking.k8s.io/v1beta1"
+            client.ApiextensionsV1Api(c).delete_custom_resource_definition("referencegrants.gateway.networking.k8s.io")
+            with pytest.raises(ApiException) as err:
+                custom.list_namespaced_custom_object("gateway.networking.k8s.io", "v1", "default", "referencegrants")
+            assert err.value.status == 404
+        finally:
+            c.close()
+    with ApiProcess(cfg) as api:
+        c, _ = clients(api)
+        try:
+            client.ApiextensionsV1Api(c).create_custom_resource_definition(crd)
+            listed = client.CustomObjectsApi(c).list_namespaced_custom_object("gateway.networking.k8s.io", "v1", "default", "referencegrants")
+            assert listed["items"] == [], "the deleted CRD took its objects with it"
+        finally:
+            c.close()

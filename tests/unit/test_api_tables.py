@@ -42,7 +42,7 @@ def ts(ago: timedelta) -> str:
 
 
 def cells(kind_key, obj, *, wide=False):
-    rt = registry.by_key(kind_key)
+    rt = registry.Registry().by_key(kind_key)
     table = render_table(rt.columns, [obj], resource_version="7", now=NOW)
     names = [c["name"] for c in table["columnDefinitions"] if wide or c["priority"] == 0]
     row = dict(zip([c["name"] for c in table["columnDefinitions"]], table["rows"][0]["cells"]))

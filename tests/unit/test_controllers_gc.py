@@ -5,13 +5,19 @@ import pytest
 
 from sandbox.controllers.actions import Delete, Patch
 from sandbox.controllers.garbagecollector import GarbageCollector, reconcile
+from sandbox.controllers.objects import API_GROUPS
+
+
+def api_version(kind):
+    group = API_GROUPS.get(kind, "batch")
+    return f"{group}/v1" if group else "v1"
 
 
 def obj(kind, name, *, uid=None, owners=(), ns="demo", deleting=False, finalizers=None, rv="7"):
     meta = {"name": name, "namespace": ns, "uid": uid or f"uid-{name}", "resourceVersion": rv}
     if owners:
         meta["ownerReferences"] = [
-            {"apiVersion": "apps/v1", "kind": k, "name": n, "uid": f"uid-{n}", "controller": i == 0}
+            {"apiVersion": api_version(k), "kind": k, "name": n, "uid": f"uid-{n}", "controller": i == 0}
             for i, (k, n) in enumerate(owners)
         ]
     if deleting:
@@ -142,12 +148,44 @@ def test_deleting_owner_without_our_finalizers_is_left_alone():
     "etype,o,wakes",
     [
         pytest.param("ADDED", POD, True, id="dependent"),
-        pytest.param("ADDED", DEPLOY, False, id="new-owner"),
+        pytest.param("ADDED", obj("Gateway", "waypoint"), False, id="new-owner"),
         pytest.param("DELETED", DEPLOY, True, id="owner-deleted"),
         pytest.param("MODIFIED", obj("Deployment", "web", deleting=True), True, id="owner-deleting"),
         pytest.param("MODIFIED", obj("ReplicaSet", "web-abc"), True, id="dependent-just-orphaned"),
-        pytest.param("MODIFIED", obj("Service", "web"), False, id="owner-changed"),
+        pytest.param("MODIFIED", obj("Gateway", "waypoint"), False, id="owner-changed"),
+        pytest.param("MODIFIED", obj("Gateway", "waypoint", deleting=True), True, id="gateway-deleting"),
     ],
 )
 def test_events_that_wake_the_collector(etype, o, wakes):
     assert bool(list(GarbageCollector().keys_for(o["kind"], o, etype=etype, store=None))) is wakes
+
+
+# ---- Gateways (a CRD kind) own what a waypoint controller creates for them -------------------
+
+GW = obj("Gateway", "waypoint")
+WAYPOINT = [obj(kind, "waypoint", owners=[("Gateway", "waypoint")])
+            for kind in ("Deployment", "Service", "ServiceAccount", "RoleBinding", "ConfigMap")]
+
+
+def test_a_live_gateway_keeps_what_it_owns():
+    assert reconcile(world(GW, *WAYPOINT)) == []
+
+
+def test_a_gone_gateway_takes_what_it_owns_with_it():
+    actions = reconcile(world(*WAYPOINT))
+    assert deletes(actions) == sorted((k, "waypoint") for k in ("Deployment", "Service", "ServiceAccount", "RoleBinding", "ConfigMap"))
+    assert all(a.propagation == "Background" and a.unless_owners_exist[0]["kind"] == "Gateway" for a in actions)
+
+
+def test_a_gateway_in_foreground_deletion_waits_for_its_dependents():
+    owner = obj("Gateway", "waypoint", deleting=True, finalizers=FG)
+    assert {(a.kind, a.propagation) for a in reconcile(world(owner, *WAYPOINT))} == {
+        (k, "Foreground") for k in ("Deployment", "Service", "ServiceAccount", "RoleBinding", "ConfigMap")}
+    [patch] = reconcile(world(owner))
+    assert (patch.kind, patch.name, patch.body["metadata"]["finalizers"]) == ("Gateway", "waypoint", None)
+
+
+def test_an_owner_of_another_group_with_the_same_kind_is_not_judged():
+    istio = obj("Deployment", "proxy")
+    istio["metadata"]["ownerReferences"] = [{"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "name": "ingress", "uid": "uid-i"}]
+    assert reconcile(world(istio)) == []
