@@ -92,7 +92,8 @@ def cmd_stat(args: argparse.Namespace) -> int:
     from ambitctl.cluster import Cluster
 
     cluster = Cluster(connect(kubeconfig=args.kubeconfig, context=args.context), namespace=args.ambit_namespace)
-    rows = stat.stat(cluster, kind=args.kind, name=args.name, namespace=None if args.all_namespaces else args.namespace)
+    rows = stat.stat(cluster, kind=args.kind, name=args.name, namespace=None if args.all_namespaces else args.namespace,
+                     window=args.window)
     print(stat.render(rows, output=args.output, all_namespaces=args.all_namespaces))
     return 0
 
@@ -114,6 +115,21 @@ def cmd_waypoint(args: argparse.Namespace) -> int:
     for line in said:
         _say(line)
     return 0
+
+
+def _seconds(text: str) -> float:
+    """``10s``, ``1m``, ``500ms`` or a bare number of seconds."""
+    for suffix, scale in (("ms", 0.001), ("s", 1.0), ("m", 60.0), ("h", 3600.0)):
+        if text.endswith(suffix) and text[: -len(suffix)].replace(".", "", 1).isdigit():
+            value = float(text[: -len(suffix)]) * scale
+            break
+    else:
+        if not text.replace(".", "", 1).isdigit():
+            raise argparse.ArgumentTypeError(f"{text!r} is not a duration; use e.g. 10s, 1m or 500ms")
+        value = float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be longer than zero")
+    return value
 
 
 def _connection_flags(p: argparse.ArgumentParser) -> None:
@@ -180,11 +196,13 @@ def build_parser() -> argparse.ArgumentParser:
     _workload_flags(nd, what="the pod", outputs=("table", "wide", "json"))
     nd.set_defaults(func=cmd_node)
 
-    st = sub.add_parser("stat", help="golden figures per deployment or namespace (MESHED, TCP_CONN; HTTP needs a waypoint)")
+    st = sub.add_parser("stat", help="golden figures per deployment or namespace (HTTP ones from waypoints)")
     st.add_argument("kind", choices=("deploy", "deployment", "ns", "namespace"))
     st.add_argument("name", nargs="?", help="one deployment or namespace (default: all)")
     _workload_flags(st, what="the deployments", outputs=("table", "json"))
     st.add_argument("-A", "--all-namespaces", action="store_true", help="every namespace")
+    st.add_argument("-t", "--window", type=_seconds, default=5.0, metavar="DURATION",
+                    help="HTTP figures over this window, e.g. 10s or 1m (default: 5s; read from the waypoints)")
     st.set_defaults(func=cmd_stat)
 
     ex = sub.add_parser("explain", help="walk one path hop by hop and name the first broken link (exit 1)")

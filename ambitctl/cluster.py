@@ -65,15 +65,22 @@ class Cluster:
         """An agent's Prometheus text (``/metrics``)."""
         return self._once(("metrics", agent_pod), lambda: self._agent_get(agent_pod, "metrics").decode())
 
+    def pod_metrics(self, namespace: str, pod: str) -> str:
+        """A pod's Prometheus text on port 15020 (a waypoint's), read fresh on every call."""
+        return self._pod_get(namespace, pod, "metrics").decode()
+
     def _agent_get(self, agent_pod: str, path: str) -> bytes:
         """GET ``path`` on an agent's port 15020, through the API server's pod proxy."""
+        return self._pod_get(self.namespace, agent_pod, path)
+
+    def _pod_get(self, namespace: str, pod: str, path: str) -> bytes:
         from kubernetes import client
         from kubernetes.client.exceptions import ApiException
 
-        where = f"pods/{agent_pod}:15020/proxy/{path}"
+        where = f"pods/{pod}:15020/proxy/{path}"
         try:
             return client.CoreV1Api(self.api_client).connect_get_namespaced_pod_proxy_with_path(
-                f"{agent_pod}:15020", self.namespace, path, _request_timeout=10, _preload_content=False).data
+                f"{pod}:15020", namespace, path, _request_timeout=10, _preload_content=False).data
         except ApiException as exc:
             raise ClusterError(f"HTTP {exc.status} from {where}") from exc
         except OSError as exc:
