@@ -26,7 +26,7 @@ REASONS = {
     "CERT_NOT_VALID": "a pod on the path has no valid certificate (pending or expired)",
     "NO_SERVICE": "the destination Service, pod or address does not exist, or not on that port",
     "NO_ENDPOINTS": "the destination Service has no ready endpoint",
-    "NO_WAYPOINT": "the destination Service is bound to a waypoint (ambit.dev/use-waypoint) that does not exist "
+    "WAYPOINT_NOT_READY": "the destination Service is bound to a waypoint (ambit.dev/use-waypoint) that does not exist "
                    "or has no ready pod: its connections are refused, never sent around it",
 }
 USE_WAYPOINT_LABEL = "ambit.dev/use-waypoint"
@@ -54,7 +54,7 @@ def _waypoint_hop(c: Cluster, out: Explanation, svc: dict) -> bool:
         exists = c.get(GATEWAY_API, "Gateway", name, ns) is not None
         why = ("its Gateway has no ready pod: `ambit waypoint list -n " + ns + "`") if exists else \
             f"no Gateway {ns}/{name}: `ambit waypoint apply -n {ns} --name {name}`, or remove the label"
-        return out.add(hop, False, why, "NO_WAYPOINT")
+        return out.add(hop, False, why, "WAYPOINT_NOT_READY")
     return out.add(hop, True, f"{len(pods)} ready waypoint pod(s); it picks the endpoint and applies L7 rules")
 
 

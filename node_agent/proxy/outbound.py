@@ -100,7 +100,7 @@ class OutboundListener(RedirectedListener):
             if route.waypoint:
                 raise UpstreamError(f"{name} is bound to waypoint {route.waypoint} (label ambit.dev/use-waypoint), "
                                     "which has no ready pod; the connection is refused, not sent around it",
-                                    flag=ResponseFlag.NO_WAYPOINT, retryable=False)
+                                    flag=ResponseFlag.WAYPOINT_NOT_READY, retryable=False)
             raise UpstreamError(f"{name} has no ready endpoints", flag=ResponseFlag.NO_ROUTE, retryable=False)
         inputs = self.inputs
         by_key = {ep.key: ep for ep in route.endpoints}

@@ -26,7 +26,7 @@ class ResponseFlag:
     DOWNSTREAM_PROTOCOL_ERROR = "DPE"  # the client sent something that is not TLS or a tunnel header (as Envoy)
     UPSTREAM_PROTOCOL_ERROR = "UPE"  # the tunnel peer answered something that is not a tunnel answer (as Envoy)
     DENIED = "RBAC"  # refused by authorization policy or by the destination's checks
-    NO_WAYPOINT = "NO_WAYPOINT"  # the service is bound to a waypoint that has no ready pod: refused, not sent around it
+    WAYPOINT_NOT_READY = "WAYPOINT_NOT_READY"  # the service is bound to a waypoint that has no ready pod: refused, not sent around it
     WAYPOINT_BYPASS = "WAYPOINT_BYPASS"  # a pod behind a waypoint was reached by someone other than the waypoint
 
 

@@ -618,7 +618,7 @@ def test_service_bound_to_a_waypoint_goes_through_it_or_nowhere() -> None:
                 writer.close()
                 records = sorted((r for r, _ in await mesh.out_records.wait_closed(2)), key=lambda r: r.id)
                 assert records[0].waypoint == "shop/waypoint" and records[0].destination_principal == WAYPOINT.identity.uri
-                assert records[1].response_flags == "NO_WAYPOINT"
+                assert records[1].response_flags == "WAYPOINT_NOT_READY"
                 assert "bound to waypoint shop/waypoint" in (records[1].detail or "")
                 assert mesh.in_records.opened_records == []  # cart itself was never reached
             finally:

@@ -148,7 +148,7 @@ class WaypointFake(Fake):
 
 def test_a_service_behind_a_missing_or_unready_waypoint_is_broken_there():
     result = run(WaypointFake(gateway=False))
-    assert result.broken.reason == "NO_WAYPOINT" and result.broken.name == "waypoint demo/waypoint"
+    assert result.broken.reason == "WAYPOINT_NOT_READY" and result.broken.name == "waypoint demo/waypoint"
     assert "ambit waypoint apply -n demo --name waypoint" in result.broken.detail
     unready = pod("waypoint-1", "node-1")
     unready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]
