@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 
-from ambitctl.cluster import AGENT, IDENTITY, Cluster, agents_by_node, enrolled_pods, linux_nodes, ready
+from ambitctl.cluster import AGENT, IDENTITY, Cluster, agents_by_node, enrolled_pods, linux_nodes, ready, running
 from ambitctl.errors import AmbitctlError, ClusterError
 
 DOCS = "docs/checks.md"
@@ -249,6 +249,55 @@ def pod_certificates(c: Cluster) -> Problem | None:
     return None
 
 
+# ---- ambit-waypoints ----------------------------------------------------------------------
+def _waypoint_gateways(c: Cluster) -> list[dict]:
+    from ambitctl.waypoint import GATEWAY_API, GATEWAY_CLASS
+
+    return [g for g in c.list(GATEWAY_API, "Gateway") if (g.get("spec") or {}).get("gatewayClassName") == GATEWAY_CLASS]
+
+
+def waypoints_programmed(c: Cluster) -> Problem | None:
+    from ambitctl.waypoint import programmed
+
+    try:
+        gateways = _waypoint_gateways(c)
+    except ClusterError as exc:
+        return Problem(f"Gateways cannot be listed ({exc}); without the Gateway API CRDs there are no waypoints",
+                       warning=True)
+    bad = [f"{g['metadata']['namespace']}/{g['metadata']['name']}: {why}" for g in gateways
+           if (why := programmed(g)) is not None]
+    return Problem("; ".join(bad)) if bad else None
+
+
+def waypoint_bindings(c: Cluster) -> Problem | None:
+    """Every Service that names a waypoint (itself or through its namespace) finds it ready: else
+    its connections are refused (WAYPOINT_NOT_READY)."""
+    from ambitctl.explain import GATEWAY_NAME_LABEL, USE_WAYPOINT_LABEL, waypoint_of
+
+    bound_ns = {n["metadata"]["name"]: n for n in c.list("v1", "Namespace")
+                if USE_WAYPOINT_LABEL in (n["metadata"].get("labels") or {})}
+    services = c.list("v1", "Service", selector=USE_WAYPOINT_LABEL)
+    for ns in bound_ns:
+        services += c.list("v1", "Service", namespace=ns)
+    ready_waypoints = {(p["metadata"]["namespace"], (p["metadata"].get("labels") or {})[GATEWAY_NAME_LABEL])
+                       for p in running(c.list("v1", "Pod", selector=GATEWAY_NAME_LABEL)) if ready(p)}
+    bad: dict[tuple[str, str], list[str]] = {}
+    seen = set()
+    for svc in services:
+        meta = svc["metadata"]
+        if (meta["namespace"], meta["name"]) in seen:
+            continue
+        seen.add((meta["namespace"], meta["name"]))
+        name = waypoint_of(svc, bound_ns.get(meta["namespace"], {"metadata": {}}))
+        if name and (meta["namespace"], name) not in ready_waypoints:
+            bad.setdefault((meta["namespace"], name), []).append(meta["name"])
+    if bad:
+        return Problem("; ".join(f"waypoint {ns}/{wp} has no ready pod, so connections to {', '.join(sorted(svcs))} "
+                                 f"are refused (WAYPOINT_NOT_READY): `ambit waypoint list -n {ns}`"
+                                 for (ns, wp), svcs in sorted(bad.items())))
+    return None
+
+
 CATEGORIES: list[tuple[str, list[tuple[str, str, Check]]]] = [
     ("kubernetes-api", [
         ("can reach the Kubernetes API", "api-reachable", api_reachable),
@@ -273,6 +322,10 @@ CATEGORIES: list[tuple[str, list[tuple[str, str, Check]]]] = [
     ("ambit-data-plane", [
         ("every enrolled pod is captured (asked of its node's agent)", "pods-captured", pods_captured),
         ("every captured pod holds a valid certificate", "pod-certificates", pod_certificates),
+    ]),
+    ("ambit-waypoints", [
+        ("every waypoint Gateway is programmed", "waypoints-programmed", waypoints_programmed),
+        ("every service bound to a waypoint finds it ready", "waypoint-bindings", waypoint_bindings),
     ]),
 ]
 

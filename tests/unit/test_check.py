@@ -61,6 +61,10 @@ class FakeCluster(check.Cluster):
         self.nodes, self.agents = nodes, agents if agents is not None else [agent(n) for n in nodes]
         self._version, self.unreachable, self.secret_forbidden = version, unreachable, secret_forbidden
         self.apps, self.reports = list(apps), reports or {}
+        self.gateways: list[dict] = []
+        self.services: list[dict] = []
+        self.waypoint_pods: list[dict] = []
+        self.namespaces = ENROLLED_NS
 
     def agent_pods(self, agent_pod):
         node = agent_pod.removeprefix("ambit-node-agent-")
@@ -82,7 +86,14 @@ class FakeCluster(check.Cluster):
         if kind == "Node":
             return [{"metadata": {"name": n, "labels": {"kubernetes.io/os": "linux"}}} for n in self.nodes]
         if kind == "Namespace":
-            return ENROLLED_NS
+            return self.namespaces
+        if kind == "Gateway":
+            return self.gateways
+        if kind == "Service":
+            return [s for s in self.services if namespace in (None, s["metadata"]["namespace"])
+                    and (not selector or selector in (s["metadata"].get("labels") or {}))]
+        if selector == "gateway.networking.k8s.io/gateway-name":
+            return self.waypoint_pods
         return self.agents if namespace == NS else self.apps
 
 
@@ -106,7 +117,7 @@ def results(cluster) -> dict[str, check.Result]:
 
 def test_a_healthy_install_passes_every_check():
     out = results(FakeCluster(apps=APPS, reports=CAPTURED))
-    assert len(out) == 14 and all(r.result == "success" for r in out.values())
+    assert len(out) == 16 and all(r.result == "success" for r in out.values())
     assert results(FakeCluster())["every enrolled pod is captured (asked of its node's agent)"].result == "success"
 
 
@@ -188,13 +199,13 @@ def test_outputs():
     table = check.render(check.run(broken), output="table")
     assert "✔ can reach the Kubernetes API" in table
     assert "× a node agent runs on every node\n    no node agent on node-1" in table
-    assert table.endswith("Status check results are × (13 passed, 0 warnings, 1 failed)")
+    assert table.endswith("Status check results are × (15 passed, 0 warnings, 1 failed)")
     short = check.render(check.run(broken), output="short")
     assert "✔" not in short.split("Status")[0] and "× a node agent runs on every node" in short
     doc = json.loads(check.render(check.run(broken), output="json"))
     assert doc["success"] is False
     assert [c["name"] for c in doc["categories"]] == ["kubernetes-api", "ambit-install", "ambit-identity", "ambit-agents",
-                                                      "ambit-data-plane"]
+                                                      "ambit-data-plane", "ambit-waypoints"]
     failed = [c for cat in doc["categories"] for c in cat["checks"] if c["result"] == "error"]
     assert failed == [{"description": "a node agent runs on every node", "result": "error",
                        "error": failed[0]["error"], "hint": "see docs/checks.md#agent-on-every-node"}]
@@ -206,3 +217,30 @@ def test_every_hint_names_a_section_of_the_docs():
     doc = (Path(check.__file__).resolve().parents[1] / "docs" / "checks.md").read_text()
     anchors = {anchor for _, checks in check.CATEGORIES for _, anchor, _ in checks}
     assert all(f"### {a}\n" in doc for a in anchors), sorted(a for a in anchors if f"### {a}\n" not in doc)
+
+
+def test_waypoints_unprogrammed_or_missing_are_named():
+    c = FakeCluster(reports={"node-1": {"pods": []}, "node-2": {"pods": []}})
+    c.gateways = [{"metadata": {"name": "waypoint", "namespace": "shop"},
+                   "spec": {"gatewayClassName": "ambit-waypoint"},
+                   "status": {"conditions": [{"type": "Programmed", "status": "False", "reason": "Pending",
+                                              "message": "waiting for a waypoint pod to become ready"}]}}]
+    c.namespaces = [{"metadata": {"name": "shop", "labels": {"ambit.dev/use-waypoint": "waypoint"}}}]
+    c.services = [{"metadata": {"name": "web", "namespace": "shop", "labels": {}}},
+                  {"metadata": {"name": "waypoint", "namespace": "shop",
+                                "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}}},
+                  {"metadata": {"name": "db", "namespace": "other", "labels": {"ambit.dev/use-waypoint": "none"}}}]
+    out = {r.description: r for cat in check.run(c) for r in cat.checks}
+    prog = out["every waypoint Gateway is programmed"]
+    assert prog.result == "error" and "shop/waypoint: Programmed=False (Pending" in prog.error
+    assert prog.hint == "see docs/checks.md#waypoints-programmed"
+    bound = out["every service bound to a waypoint finds it ready"]
+    assert bound.result == "error"
+    assert bound.error == ("waypoint shop/waypoint has no ready pod, so connections to web are refused "
+                           "(WAYPOINT_NOT_READY): `ambit waypoint list -n shop`")
+    c.waypoint_pods = [{"metadata": {"name": "waypoint-1", "namespace": "shop",
+                                     "labels": {"gateway.networking.k8s.io/gateway-name": "waypoint"}},
+                        "status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}]
+    c._cache = {}
+    out = {r.description: r for cat in check.run(c) for r in cat.checks}
+    assert out["every service bound to a waypoint finds it ready"].result == "success"
