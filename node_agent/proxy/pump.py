@@ -448,6 +448,17 @@ class Stream(asyncio.BufferedProtocol):
         self._pre.clear()
         return data
 
+    def take_buffered(self) -> bytes:
+        """What ``read_some`` would return now, without waiting (``b""`` when nothing is held).
+
+        For a caller that must look at an idle stream synchronously (a pooled HTTP/2 connection
+        handling the frames its server sent while it was idle)."""
+        data = bytes(self._pre)
+        self._pre.clear()
+        if data:
+            self._resume(_PAUSE_PREAMBLE)
+        return data
+
     def unread(self, data: bytes) -> None:
         """Put back bytes that follow a header; they are relayed first."""
         if data:

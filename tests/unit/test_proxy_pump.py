@@ -288,6 +288,32 @@ def test_drain_bounds_what_a_preamble_writer_queues(run) -> None:
     run(main())
 
 
+def test_take_buffered_returns_what_arrived_without_waiting(run) -> None:
+    async def main() -> None:
+        async def talk(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            writer.write(b"idle frames")
+            await writer.drain()
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(talk, "127.0.0.1", 0)
+        _, stream = await asyncio.get_running_loop().create_connection(Stream, *server.sockets[0].getsockname()[:2])
+        try:
+            for _ in range(200):
+                if stream.buffered:
+                    break
+                await asyncio.sleep(0.005)
+            assert stream.buffered == len(b"idle frames")
+            assert stream.take_buffered() == b"idle frames"
+            assert stream.buffered == 0 and stream.take_buffered() == b""
+        finally:
+            stream.abort()
+            server.close()
+            await server.wait_closed()
+
+    run(main())
+
+
 _PEER_SCRIPT = r"""
 import asyncio, sys
 
