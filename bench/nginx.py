@@ -1,4 +1,4 @@
-"""nginx configurations: the HTTP server in the server pods, and the nginx-mtls relay pair.
+"""nginx configurations: the HTTP server in the server pods, the nginx-mtls relay pair, and nginx-http.
 
 - ``write_http_server``: one worker answering ``200 ok`` from memory (no disk, no logs), keep-alive
   unlimited; run by the kubelet as a pod process with its own prefix in the rig's work directory.
@@ -8,6 +8,10 @@
   reuse is on (``proxy_ssl_session_reuse``; tickets on the server side). One worker per node, as
   the agent is one event loop per node. One listener pair per server port (8080, 5201), since
   plain nginx has no tunnel header to name the target.
+- ``write_http_proxy``: the C peer of the waypoint (``nginx-http``): one nginx ``http`` reverse
+  proxy hop, plaintext, in a node's network namespace, ``proxy_pass`` to the server pod with
+  upstream keep-alive (``keepalive 32``, HTTP/1.1, ``Connection ""``), one worker as the waypoint is
+  one event loop.
 """
 from __future__ import annotations
 
@@ -18,6 +22,10 @@ from bench.pki import SERVER_NAME
 STREAM_MODULE = "/usr/lib/nginx/modules/ngx_stream_module.so"
 RELAY_PORT_OFFSET = {1: 10000, 2: 11000}
 """node-1 listens on port+10000 (18080, 15201), node-2 on port+11000 (19080, 16201)."""
+HTTP_PROXY_PORT = 20080
+"""nginx-http listens on the node's address, port 20080 (clear of the relays' ports)."""
+HTTP_PROXY_WORKERS = 1
+"""nginx-http's worker_processes: one, as the waypoint is one process with one event loop"""
 
 _COMMON = """\
 daemon off;
@@ -43,6 +51,37 @@ http {{
     server {{
         listen {port} backlog=4096;
         location / {{ return 200 "ok\\n"; }}
+    }}
+}}
+""")
+    return conf
+
+
+def write_http_proxy(prefix: Path, *, listen_ip: str, port: int, server_ip: str, server_port: int) -> Path:
+    """nginx-http: an ``http`` reverse proxy from ``listen_ip:port`` to the server pod, keep-alive both ways."""
+    prefix.mkdir(parents=True, exist_ok=True)
+    conf = prefix / "nginx.conf"
+    conf.write_text(_COMMON.format(prefix=prefix).replace("worker_processes 1;",
+                                                         f"worker_processes {HTTP_PROXY_WORKERS};") + f"""\
+http {{
+    access_log off;
+    client_body_temp_path {prefix}/client_body; proxy_temp_path {prefix}/proxy;
+    fastcgi_temp_path {prefix}/fastcgi; uwsgi_temp_path {prefix}/uwsgi; scgi_temp_path {prefix}/scgi;
+    keepalive_requests 100000000;
+    keepalive_timeout 600s;
+    upstream server {{
+        server {server_ip}:{server_port};
+        keepalive 32;
+        keepalive_requests 100000000;
+        keepalive_timeout 600s;
+    }}
+    server {{
+        listen {listen_ip}:{port} backlog=4096;
+        location / {{
+            proxy_pass http://server;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }}
     }}
 }}
 """)

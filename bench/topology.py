@@ -7,6 +7,11 @@
   ambient``), each with ``client`` on node-1, ``server`` on node-2 and ``server-local`` on node-1;
   servers run nginx (a tiny static response on 8080) and ``iperf3 -s`` (5201) as pod processes.
   ``bench-scale`` (enrolled) holds the tiny ``sleep`` pods of the memory-per-pod figure.
+- ``bench-waypoint`` (enrolled, bound to its waypoint with ``ambit.dev/use-waypoint=waypoint``):
+  ``client`` on node-1, ``server`` on node-2 (the same nginx) and a Service ``server`` (8080) in
+  front of it; the waypoint is the Gateway ``bench-waypoint/waypoint`` (``ambit waypoint apply -n
+  bench-waypoint --enroll-namespace``, through ``ambitctl.waypoint``), on whichever node the
+  scheduler puts it.
 """
 from __future__ import annotations
 
@@ -26,6 +31,13 @@ from sandbox.config import SandboxConfig
 NS_DIRECT = "bench-direct"
 NS_MESH = "bench-mesh"
 NS_SCALE = "bench-scale"
+NS_WAYPOINT = "bench-waypoint"
+WAYPOINT = "waypoint"
+"""the bench's Gateway (class ambit-waypoint) in bench-waypoint"""
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
+"""the label the waypoint controller puts on a waypoint's pods"""
+SERVICE = "server"
+"""the Service in front of bench-waypoint/server: waypoints serve Services, not pod IPs"""
 HTTP_PORT = 8080
 IPERF_PORT = 5201
 ENROL_LABEL = {"ambit.dev/dataplane-mode": "ambient"}
@@ -41,6 +53,18 @@ class Pod:
     node: str
     netns: str
     """path of the pod's network namespace (``/run/netns/...``)"""
+
+
+def sum_counter(exposition: str, name: str, **labels: str) -> float:
+    """Sum of the series of counter ``name`` whose labels include ``labels``, in a Prometheus text page."""
+    total = 0.0
+    for line in exposition.splitlines():
+        if not line.startswith(name + "{"):
+            continue
+        series, _, value = line.rpartition(" ")
+        if all(f'{k}="{v}"' in series for k, v in labels.items()):
+            total += float(value)
+    return total
 
 
 class Topology:
@@ -128,6 +152,52 @@ class Topology:
                     {"name": "iperf", "command": ["iperf3", "-s", "-p", str(IPERF_PORT)]},
                 ])
 
+    def create_waypoint_pods(self) -> None:
+        """client and server in bench-waypoint (enrolled), and the Service the waypoint serves."""
+        from kubernetes.client.exceptions import ApiException
+
+        self.create_namespace(NS_WAYPOINT, enrolled=True)
+        self.create_pod(NS_WAYPOINT, "client", node="node-1",
+                        containers=[{"name": "sleep", "command": ["sleep", "infinity"]}])
+        prefix = self.workdir / "http" / f"{NS_WAYPOINT}-server"
+        conf = nginx.write_http_server(prefix, port=HTTP_PORT)
+        self.create_pod(NS_WAYPOINT, "server", node="node-2", containers=[
+            {"name": "http", "command": ["nginx", "-p", str(prefix), "-c", str(conf), "-e", "stderr"]}])
+        body = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": SERVICE, "namespace": NS_WAYPOINT},
+                "spec": {"selector": {"app": "server"},
+                         "ports": [{"name": "http", "port": HTTP_PORT, "targetPort": HTTP_PORT, "protocol": "TCP"}]}}
+        try:
+            self.core().create_namespaced_service(NS_WAYPOINT, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def service_ip(self, namespace: str, name: str) -> str:
+        return self.core().read_namespaced_service(name, namespace).spec.cluster_ip
+
+    def apply_waypoint(self, *, timeout: float) -> None:
+        """``ambit waypoint apply -n bench-waypoint --enroll-namespace``, waiting until it is Programmed."""
+        from ambitctl import waypoint
+        from ambitctl.apply import Applier, Ref
+        from ambitctl.errors import AmbitctlError
+
+        applier = Applier(self.api, field_manager=waypoint.FIELD_MANAGER)
+        try:
+            if applier.get(Ref(waypoint.GATEWAY_API, "GatewayClass", None, waypoint.GATEWAY_CLASS)) is None:
+                raise ToolError(f"no GatewayClass {waypoint.GATEWAY_CLASS}: the chart installs it with "
+                                "waypoint.enabled=true (deploy/charts/ambit/values.yaml)")
+            waypoint.apply(applier, name=WAYPOINT, namespace=NS_WAYPOINT, enroll_namespace=True, wait=timeout)
+        except AmbitctlError as exc:
+            raise ToolError(f"waypoint {NS_WAYPOINT}/{WAYPOINT}: {exc}") from exc
+
+    def waypoint_pod(self) -> Pod:
+        pods = [p for p in self.core().list_namespaced_pod(
+                    NS_WAYPOINT, label_selector=f"{GATEWAY_NAME_LABEL}={WAYPOINT}").items
+                if not p.metadata.deletion_timestamp and p.status.phase == "Running"]
+        if len(pods) != 1:
+            raise ToolError(f"expected one running waypoint pod in {NS_WAYPOINT}, found {len(pods)}")
+        return self.pod(NS_WAYPOINT, pods[0].metadata.name)
+
     def create_scale_pods(self, count: int) -> None:
         self.create_namespace(NS_SCALE, enrolled=True)
         for i in range(count):
@@ -180,19 +250,37 @@ class Topology:
                 found[node] = int(entry.name)
         return found
 
+    def waypoint_pid(self, pod: Pod) -> int:
+        """pid of the ``ambit-waypoint proxy`` process of ``pod`` (a pod process of our sandbox)."""
+        marker = f"KUBERNETES_SERVICE_HOST={self.cfg.host_ip}".encode()
+        want = {f"POD_NAMESPACE={pod.namespace}".encode(), f"POD_NAME={pod.name}".encode(), marker}
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+                if b"proxy" not in cmdline or not any(a.endswith(b"ambit-waypoint") for a in cmdline):
+                    continue
+                env = set((entry / "environ").read_bytes().split(b"\0"))
+            except OSError:
+                continue
+            if want <= env:
+                return int(entry.name)
+        raise ToolError(f"no ambit-waypoint process found for pod {pod.namespace}/{pod.name}")
+
+    def pod_metric(self, pod: Pod, name: str, **labels: str) -> float:
+        """Sum of a counter on a pod's :15020/metrics (read inside its network namespace)."""
+        proc = subprocess.run(["nsenter", f"--net={pod.netns}", "--", "curl", "-sS", "-m", "5",
+                               "http://127.0.0.1:15020/metrics"], capture_output=True, text=True, timeout=15)
+        if proc.returncode != 0:
+            raise ToolError(f"metrics of {pod.namespace}/{pod.name}: {proc.stderr.strip()[:200]}")
+        return sum_counter(proc.stdout, name, **labels)
+
     def agent_metric(self, node: str, name: str, **labels: str) -> float:
         """Sum of a counter on a node agent's :15020/metrics over series matching ``labels``."""
         url = f"http://{self.node_ip(node)}:15020/metrics"
         with urllib.request.urlopen(url, timeout=5) as resp:
-            text = resp.read().decode()
-        total = 0.0
-        for line in text.splitlines():
-            if not line.startswith(name + "{"):
-                continue
-            series, _, value = line.rpartition(" ")
-            if all(f'{k}="{v}"' in series for k, v in labels.items()):
-                total += float(value)
-        return total
+            return sum_counter(resp.read().decode(), name, **labels)
 
     def config_dump(self, node: str) -> dict:
         proc = subprocess.run(["nsenter", f"--net={self.node_netns(node)}", "--", "curl", "-s", "-m", "10",
