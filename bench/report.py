@@ -2,7 +2,9 @@
 
 ``Results`` is the raw record of one run (every repetition's sample per path and figure, memory
 and CNI readings, errors); ``render`` turns it into the Markdown tables ``docs/benchmarks.md``
-explains; ``machine`` describes the machine the figures belong to.
+explains (the data path, memory and CNI, the waypoint beside nginx-http, the targets); ``targets``
+holds the goals as ratios against the baselines of the same run; ``machine`` describes the machine
+the figures belong to.
 """
 from __future__ import annotations
 
@@ -26,7 +28,14 @@ FIGURES = {
     "c32_rps": ("wrk c=32 requests/s", "req/s", True),
     "c32_p99_ms": ("wrk c=32 latency p99", "ms", False),
     "conn_rate": ("new connections/s (Connection: close, c=32)", "conn/s", True),
+    "c32_relay_cpu_us": ("relay CPU per request at c=32", "CPU µs", False),
+    "c32_proxy_cpu_us": ("L7 proxy CPU per request at c=32", "CPU µs", False),
+    "c32_proxy_cores": ("L7 proxy CPU use at c=32", "cores", False),
 }
+PROXY_FIGURES = ("c32_proxy_cpu_us", "c32_proxy_cores")
+"""only the one-hop L7 proxies have them (the waypoint process; nginx-http): not in the data-path table"""
+L7_PATHS = ("waypoint", "nginx-http")
+L7_FIGURES = ("c1_p50_ms", "c1_p99_ms", "c1_rps", "c32_rps", "c32_p99_ms", "c32_relay_cpu_us", *PROXY_FIGURES)
 
 
 @dataclass
@@ -71,6 +80,12 @@ def _fmt_ratio(v: float | None) -> str:
     return "—" if v is None else f"{v:.2f}×"
 
 
+def added_p50(r: Results, path: str) -> float | None:
+    """Latency ``path`` adds at c=1: its p50 minus the p50 of ``direct`` (no proxy) in the same run."""
+    p50, direct = r.median(path, "c1_p50_ms"), r.median("direct", "c1_p50_ms")
+    return None if p50 is None or direct is None else p50 - direct
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -107,15 +122,17 @@ def memory_figures(mem: dict) -> dict[str, float | None]:
     out["agent_growth"] = (max(reps[-1].values()) / max(reps[0].values())) if len(reps) >= 2 else None
     nginx_peak = mem.get("nginx_peak_kb") or {}
     out["nginx_peak_mb"] = max(nginx_peak.values()) / 1024 if nginx_peak else None
+    for proxy in L7_PATHS:  # one process or one nginx (master + worker) each
+        for when in ("idle", "before_load", "peak", "after_load"):
+            kb = (mem.get(f"proxy_{when}_kb") or {}).get(proxy)
+            out[f"{proxy}_{when}_mb"] = kb / 1024 if kb else None
     return out
 
 
 def targets(r: Results) -> list[dict]:
     m = r.median
     mem = memory_figures(r.memory)
-    direct_p50 = m("direct", "c1_p50_ms")
-    added = {p: (m(p, "c1_p50_ms") - direct_p50) if m(p, "c1_p50_ms") is not None and direct_p50 is not None
-             else None for p in ("ambit", "nginx-mtls")}
+    added = {p: added_p50(r, p) for p in ("ambit", "nginx-mtls", *L7_PATHS)}
     cni_en, cni_not = r.cni.get("enrolled_ms") or [], r.cni.get("not_enrolled_ms") or []
     rows = [
         ("cross-node throughput (1 stream) ÷ nginx-mtls", ">=", 1.1,
@@ -133,6 +150,10 @@ def targets(r: Results) -> list[dict]:
          mem["agent_growth"], "×"),
         ("CNI ADD p99, enrolled pods", "<=", 50.0, percentile(cni_en, 99), "ms"),
         ("CNI ADD p99, other pods", "<=", 10.0, percentile(cni_not, 99), "ms"),
+        ("waypoint requests/s at c=32 ÷ nginx-http", ">=", 0.5,
+         _ratio(m("waypoint", "c32_rps"), m("nginx-http", "c32_rps")), "×"),
+        ("waypoint added p50 latency at c=1 over direct ÷ nginx-http's", "<=", 2.0,
+         _ratio(added["waypoint"], added["nginx-http"]), "×"),
     ]
     out = []
     for name, op, goal, value, unit in rows:
@@ -168,6 +189,8 @@ def render(r: Results) -> str:
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for key, (label, unit, _) in FIGURES.items():
+        if key in PROXY_FIGURES:
+            continue
         v = {p: m(p, key) for p in PATHS}
         lines.append(
             f"| {label} ({unit}) | {_fmt(v['direct'], unit)} | {_fmt(v['nginx-mtls'], unit)} | {_fmt(v['ambit'], unit)} "
@@ -196,6 +219,10 @@ def render(r: Results) -> str:
         f"| RSS after all load runs (MB) | {_fmt(mem['agent_after_load_mb'])} | — | — |",
         f"| CNI ADD p50 / p99, enrolled pods (ms) | {_fmt(percentile(cni_en, 50))} / {_fmt(percentile(cni_en, 99))} | — | — |",
         f"| CNI ADD p50 / p99, other pods (ms) | {_fmt(percentile(cni_not, 50))} / {_fmt(percentile(cni_not, 99))} | — | — |",
+    ]
+    if any(p in meta.get("paths", PATHS) for p in L7_PATHS):
+        lines += render_l7(r)
+    lines += [
         "",
         "## Targets",
         "",
@@ -213,6 +240,42 @@ def render(r: Results) -> str:
         if len(problems) > 40:
             lines.append(f"- … and {len(problems) - 40} more (see the JSON file)")
     return "\n".join(lines) + "\n"
+
+
+def render_l7(r: Results) -> list[str]:
+    """The waypoint beside nginx-http: HTTP/1.1 through one L7 proxy hop, and what the proxy costs."""
+    m, mem, layout = r.median, memory_figures(r.memory), r.meta.get("layout") or {}
+    wp_node, nh_node = layout.get("waypoint_node", "?"), layout.get("nginx_http_node", "?")
+    lines = [
+        "",
+        "## Waypoint (L7, HTTP/1.1, one hop) beside nginx-http",
+        "",
+        f"- waypoint: bench-waypoint/client (node-1) -> its agent -> mTLS -> the waypoint (one `ambit-waypoint "
+        f"proxy` process, on {wp_node}) -> mTLS -> the server's agent -> bench-waypoint/server (node-2), "
+        "addressed by the Service's ClusterIP",
+        f"- nginx-http: bench-direct/client (node-1) -> nginx `http` reverse proxy in {nh_node}'s network "
+        f"namespace ({layout.get('nginx_http_workers', '?')} worker, upstream keepalive 32, HTTP/1.1 upstream) "
+        "-> bench-direct/server (node-2), plaintext",
+        "- relay CPU: every process on the path (waypoint path: both agents and the waypoint); L7 proxy CPU: "
+        "the waypoint process alone, nginx-http's master and worker",
+        "",
+        "| figure | direct | nginx-http | waypoint | waypoint ÷ nginx-http | waypoint ÷ direct |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for key in L7_FIGURES:
+        label, unit, _ = FIGURES[key]
+        v = {p: m(p, key) for p in ("direct", *L7_PATHS)}
+        lines.append(f"| {label} ({unit}) | {_fmt(v['direct'], unit)} | {_fmt(v['nginx-http'], unit)} "
+                     f"| {_fmt(v['waypoint'], unit)} | {_fmt_ratio(_ratio(v['waypoint'], v['nginx-http']))} "
+                     f"| {_fmt_ratio(_ratio(v['waypoint'], v['direct']))} |")
+    added = {p: added_p50(r, p) for p in L7_PATHS}
+    lines.append(f"| added p50 latency at c=1 over direct (ms) | — | {_fmt(added['nginx-http'])} "
+                 f"| {_fmt(added['waypoint'])} | {_fmt_ratio(_ratio(added['waypoint'], added['nginx-http']))} | — |")
+    for when, label in (("idle", "RSS idle"), ("peak", "peak RSS during the load runs"),
+                        ("after_load", "RSS after all load runs")):
+        wp, nh = mem[f"waypoint_{when}_mb"], mem[f"nginx-http_{when}_mb"]
+        lines.append(f"| {label} (MB) | — | {_fmt(nh)} | {_fmt(wp)} | {_fmt_ratio(_ratio(wp, nh))} | — |")
+    return lines
 
 
 def _cmd(argv: list[str]) -> str:

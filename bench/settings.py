@@ -5,8 +5,10 @@ import argparse
 import os
 from dataclasses import dataclass
 
-PATHS = ("direct", "nginx-mtls", "ambit", "direct-same-node", "ambit-same-node")
-"""``direct``/``ambit``/``nginx-mtls`` are cross-node (client on node-1, server on node-2)."""
+PATHS = ("direct", "nginx-mtls", "ambit", "direct-same-node", "ambit-same-node", "nginx-http", "waypoint")
+"""``direct``/``ambit``/``nginx-mtls`` are cross-node (client on node-1, server on node-2);
+``waypoint`` (L7, through the namespace's waypoint, by Service ClusterIP) and ``nginx-http`` (its C
+peer: one nginx ``http`` reverse proxy hop) are HTTP-only and measured with wrk alone."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
