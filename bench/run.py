@@ -2,13 +2,17 @@
 
 Phases (each says what it does on stdout):
 1. ``ambit up`` on the rig's own sandbox; the bench pods; the nginx-mtls relay pair (PKI of its own);
+   for the waypoint paths, the waypoint (``ambit waypoint apply -n bench-waypoint
+   --enroll-namespace``) and nginx-http in the network namespace of the node the waypoint runs on;
 2. check that every path answers (the ambit paths must show up as mutual-TLS connections in the
-   agents' metrics) -- a path that does not is reported as failed, the others still run;
+   agents' metrics, the waypoint path as requests in the waypoint's) -- a path that does not is
+   reported as failed, the others still run;
 3. memory: agent RSS idle; with ``scale_pods`` more enrolled pods; with ``idle_connections``
    open idle connections through each relay;
 4. load, ``repetitions`` times: for each figure, every path in turn (the order rotates per
-   repetition): iperf3 1 and 4 streams (with the relays' CPU time), wrk c=1, c=32, and c=32 with
-   ``Connection: close``; the relays' RSS is sampled throughout;
+   repetition): iperf3 1 and 4 streams (with the relays' CPU time), wrk c=1, c=32 (with the relays'
+   CPU time), and c=32 with ``Connection: close``; the HTTP-only paths (waypoint, nginx-http) take
+   part in the wrk c=1 and c=32 runs only; the relays' RSS is sampled throughout;
 5. CNI ADD latency, enrolled and not;
 6. always, also on errors and Ctrl-C: stop what the rig started, ``ambit down``, remove the work dir.
 """
@@ -22,6 +26,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,13 +42,30 @@ from bench.procs import (
     status_kb,
     wait_until,
 )
-from bench.topology import HTTP_PORT, IPERF_PORT, NS_DIRECT, NS_MESH, NS_SCALE, Topology
+from bench.topology import (
+    HTTP_PORT,
+    IPERF_PORT,
+    NS_DIRECT,
+    NS_MESH,
+    NS_SCALE,
+    NS_WAYPOINT,
+    SERVICE,
+    Topology,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 HOLDCONNS = Path(__file__).with_name("holdconns.py")
 REQUIRED_TOOLS = ("iperf3", "wrk", "nginx", "curl", "nsenter", "ip", "iptables")
 PATH_READY_TIMEOUT = 120.0
 """Seconds a path may take to answer at start (the agents may still be fetching certificates)."""
+WAYPOINT_READY_TIMEOUT = 150.0
+"""Seconds the waypoint may take to be Programmed (its pod started, certificate, discovery synced)."""
+STEPS = ("iperf1", "iperf4", "c1", "c32", "close")
+HTTP_STEPS = ("c1", "c32")
+"""what the HTTP-only paths (waypoint, nginx-http) are measured with"""
+NGINX_HTTP_DEFAULT_NODE = "node-2"
+"""where nginx-http runs when there is no waypoint to sit beside (the scheduler puts the waypoint on
+node-2 too: it has fewer pods)"""
 
 
 def say(msg: str) -> None:
@@ -60,9 +82,15 @@ class BenchPath:
     iperf_host: str
     iperf_port: int
     relays: dict[str, list[int]] = field(default_factory=dict)
-    """node -> pids of the relay processes on that node (empty for direct paths)"""
-    mesh_node: str | None = None
-    """for ambit paths: the node whose agent must record the connection as mutual TLS"""
+    """node (or ``waypoint``) -> pids of the relay processes there (empty for direct paths)"""
+    proxy: list[int] = field(default_factory=list)
+    """the one-hop L7 proxy (the waypoint process; nginx-http's master and worker): its own CPU is reported"""
+    steps: tuple[str, ...] = STEPS
+    proof: Callable[[], float] | None = None
+    """a counter that must grow when a request went the way the path says (else: it did not); with it,
+    a path that does not answer yet is retried until ``PATH_READY_TIMEOUT``"""
+    proof_missing: str = ""
+    """what it means when ``proof`` did not grow"""
     error: str | None = None
 
     @property
@@ -85,6 +113,10 @@ class Bench:
         self.cni: dict = {}
         self.agents: dict[str, int] = {}
         self.nginx: dict[str, list[int]] = {}
+        self.proxies: dict[str, list[int]] = {}
+        """the one-hop L7 proxies by path: ``waypoint`` (its process), ``nginx-http`` (master, worker)"""
+        self.layout: dict = {}
+        """where the waypoint and nginx-http run, for the report"""
 
     # ---- 1. topology ----------------------------------------------------------------------
     def build(self) -> list[BenchPath]:
@@ -107,43 +139,109 @@ class Bench:
                                           node2_ip=topo.node_ip("node-2"), server_ip=direct["server"].ip,
                                           ports=(HTTP_PORT, IPERF_PORT))
         for node, conf in (("node-2", conf2), ("node-1", conf1)):
-            log = open(conf.parent / "error.log", "wb")
-            proc = self.children.start(["nginx", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"],
-                                       netns=topo.node_netns(node), stdout=log, stderr=subprocess.STDOUT)
-            log.close()
-            wait_until(lambda: (conf.parent / "nginx.pid").exists() or proc.poll() is not None, timeout=10,
-                       what=f"nginx relay on {node} to start")
-            if proc.poll() is not None:
-                raise ToolError(f"nginx relay on {node} exited: {(conf.parent / 'error.log').read_text()[-500:]}")
-            wait_until(lambda: len(descendants(proc.pid)) >= 2, timeout=10, what=f"nginx worker on {node}")
-            self.nginx[node] = descendants(proc.pid)  # nginx master (nsenter execs it) and its worker
+            self.nginx[node] = self._start_nginx(conf, node=node, what="nginx relay")
         client_d, client_m = direct["client"].netns, mesh["client"].netns
         n1 = topo.node_ip("node-1")
         agents = {node: [pid] for node, pid in self.agents.items()}
-        return [
+        paths = [
             BenchPath("direct", client_d, direct["server"].ip, HTTP_PORT, direct["server"].ip, IPERF_PORT),
             BenchPath("nginx-mtls", client_d, n1, nginx.relay_port(1, HTTP_PORT), n1, nginx.relay_port(1, IPERF_PORT),
                       relays=dict(self.nginx)),
             BenchPath("ambit", client_m, mesh["server"].ip, HTTP_PORT, mesh["server"].ip, IPERF_PORT,
-                      relays=agents, mesh_node="node-2"),
+                      relays=agents, **self._mtls_proof("node-2")),
             BenchPath("direct-same-node", client_d, direct["server-local"].ip, HTTP_PORT, direct["server-local"].ip,
                       IPERF_PORT),
             BenchPath("ambit-same-node", client_m, mesh["server-local"].ip, HTTP_PORT, mesh["server-local"].ip,
-                      IPERF_PORT, relays=agents, mesh_node="node-1"),
+                      IPERF_PORT, relays=agents, **self._mtls_proof("node-1")),
         ]
+        return paths + self._build_l7(server=direct["server"], client=direct["client"])
+
+    def _build_l7(self, *, server, client) -> list[BenchPath]:
+        """The waypoint and nginx-http paths, if selected. A waypoint that does not come up fails its
+        path only; nginx-http then sits on ``NGINX_HTTP_DEFAULT_NODE``."""
+        topo, out = self.topo, []
+        waypoint_node, waypoint_error = None, None
+        if self._wanted("waypoint"):
+            say(f"bench pods in {NS_WAYPOINT} (enrolled); its waypoint (ambit waypoint apply -n {NS_WAYPOINT} "
+                "--enroll-namespace)")
+            topo.create_waypoint_pods()
+            topo.wait_ready(NS_WAYPOINT, count=2, timeout=120)
+            try:
+                topo.apply_waypoint(timeout=WAYPOINT_READY_TIMEOUT)
+                pod = topo.waypoint_pod()
+                self.proxies["waypoint"] = [topo.waypoint_pid(pod)]
+                waypoint_node = pod.node
+                self.layout["waypoint_node"] = pod.node
+                say(f"waypoint {pod.namespace}/{pod.name} ready on {pod.node} (pid {self.proxies['waypoint'][0]})")
+            except ToolError as exc:
+                waypoint_error = str(exc)
+                say(f"waypoint: {exc}")
+            svc_ip = topo.service_ip(NS_WAYPOINT, SERVICE)
+            relays = {node: [pid] for node, pid in self.agents.items()}
+            relays.update({"waypoint": self.proxies.get("waypoint", [])})
+            path = BenchPath("waypoint", topo.pod(NS_WAYPOINT, "client").netns, svc_ip, HTTP_PORT, svc_ip, HTTP_PORT,
+                             relays=relays, proxy=self.proxies.get("waypoint", []), steps=HTTP_STEPS,
+                             proof=self._waypoint_requests if waypoint_error is None else None,
+                             proof_missing="the request was answered but the waypoint counted no request to "
+                                           f"{SERVICE}.{NS_WAYPOINT}: the traffic did not go through it",
+                             error=waypoint_error)
+            if waypoint_error:
+                self.errors["waypoint"].append(f"not measured: {waypoint_error}")
+            out.append(path)
+        if self._wanted("nginx-http"):
+            node = waypoint_node or NGINX_HTTP_DEFAULT_NODE
+            say(f"nginx-http (an http reverse proxy, {nginx.HTTP_PROXY_WORKERS} worker) in {node}'s network namespace")
+            conf = nginx.write_http_proxy(topo.workdir / "nginx-http", listen_ip=topo.node_ip(node),
+                                          port=nginx.HTTP_PROXY_PORT, server_ip=server.ip, server_port=HTTP_PORT)
+            self.proxies["nginx-http"] = self._start_nginx(conf, node=node, what="nginx-http")
+            self.layout.update(nginx_http_node=node, nginx_http_workers=nginx.HTTP_PROXY_WORKERS)
+            ip = topo.node_ip(node)
+            out.append(BenchPath("nginx-http", client.netns, ip, nginx.HTTP_PROXY_PORT, ip, nginx.HTTP_PROXY_PORT,
+                                 relays={node: self.proxies["nginx-http"]}, proxy=self.proxies["nginx-http"],
+                                 steps=HTTP_STEPS))
+        return out
+
+    def _start_nginx(self, conf: Path, *, node: str, what: str) -> list[int]:
+        """nginx with ``conf`` in ``node``'s network namespace; its master's and worker's pids."""
+        log = open(conf.parent / "error.log", "wb")
+        proc = self.children.start(["nginx", "-p", str(conf.parent), "-c", str(conf), "-e", "stderr"],
+                                   netns=self.topo.node_netns(node), stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        wait_until(lambda: (conf.parent / "nginx.pid").exists() or proc.poll() is not None, timeout=10,
+                   what=f"{what} on {node} to start")
+        if proc.poll() is not None:
+            raise ToolError(f"{what} on {node} exited: {(conf.parent / 'error.log').read_text()[-500:]}")
+        wait_until(lambda: len(descendants(proc.pid)) >= 2, timeout=10, what=f"{what}'s worker on {node}")
+        return descendants(proc.pid)  # nginx master (nsenter execs it) and its worker
+
+    def _mtls_proof(self, node: str) -> dict:
+        """For ambit paths: the agent on ``node`` must record the connection as mutual TLS."""
+        def opened() -> float:
+            return self.topo.agent_metric(node, "ambit_tcp_connections_opened_total", reporter="destination",
+                                          connection_security_policy="mutual_tls",
+                                          destination_workload_namespace=NS_MESH)
+
+        return {"proof": opened, "proof_missing": f"the request was answered but the agent on {node} recorded no "
+                                                  "mutual-TLS connection: the traffic did not go through the mesh"}
+
+    def _waypoint_requests(self) -> float:
+        pod = self.topo.waypoint_pod()
+        return self.topo.pod_metric(pod, "ambit_requests_total", reporter="waypoint",
+                                    destination_service=f"{SERVICE}.{NS_WAYPOINT}.svc.cluster.local",
+                                    response_code="200")
 
     # ---- 2. every path answers ------------------------------------------------------------
     def check(self, paths: list[BenchPath]) -> None:
         deadline = time.monotonic() + PATH_READY_TIMEOUT
         for path in paths:
-            if not self._selected(path):
+            if not self._selected(path) or path.error:
                 continue
             while True:
                 why = self._check_once(path)
                 if why is None:
                     say(f"path {path.name}: ok")
                     break
-                if path.mesh_node is None or time.monotonic() > deadline:
+                if path.proof is None or time.monotonic() > deadline:
                     path.error = why
                     self.errors[path.name].append(f"not measured: {why}")
                     say(f"path {path.name}: FAILED, not measured: {why}")
@@ -152,25 +250,24 @@ class Bench:
                 time.sleep(5)
 
     def _check_once(self, path: BenchPath) -> str | None:
-        metric = ("ambit_tcp_connections_opened_total", dict(reporter="destination",
-                                                            connection_security_policy="mutual_tls",
-                                                            destination_workload_namespace=NS_MESH))
-        before = self.topo.agent_metric(path.mesh_node, metric[0], **metric[1]) if path.mesh_node else 0
-        why = tools.http_ok(self.children, netns=path.netns, url=path.url)
-        if why is not None:
-            return why
-        if path.mesh_node:
-            after = self.topo.agent_metric(path.mesh_node, metric[0], **metric[1])
-            if after <= before:
-                return (f"the request was answered but the agent on {path.mesh_node} recorded no mutual-TLS "
-                        "connection: the traffic did not go through the mesh")
+        try:
+            before = path.proof() if path.proof else 0
+            why = tools.http_ok(self.children, netns=path.netns, url=path.url)
+            if why is not None:
+                return why
+            if path.proof and path.proof() <= before:
+                return path.proof_missing
+        except (OSError, ToolError) as exc:
+            return f"could not read the path's metrics: {exc}"
         return None
 
     # ---- 3. memory ------------------------------------------------------------------------
     def memory_idle(self) -> None:
         self.memory["agent_idle_kb"] = {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()}
         self.memory["nginx_idle_kb"] = {n: rss_kb(pids) for n, pids in self.nginx.items()}
-        say(f"idle RSS: agents {self._mb(self.memory['agent_idle_kb'])}, nginx {self._mb(self.memory['nginx_idle_kb'])}")
+        self.memory["proxy_idle_kb"] = {n: rss_kb(pids) for n, pids in self.proxies.items()}
+        say(f"idle RSS: agents {self._mb(self.memory['agent_idle_kb'])}, nginx {self._mb(self.memory['nginx_idle_kb'])}"
+            + (f"; {self._mb(self.memory['proxy_idle_kb'])}" if self.proxies else ""))
 
     def memory_scale(self) -> None:
         n = self.s.scale_pods
@@ -236,14 +333,17 @@ class Bench:
         self.memory["agent_before_load_kb"] = {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()}
         groups = {f"agent-{n}": [pid] for n, pid in self.agents.items()}
         groups.update({f"nginx-{n}": pids for n, pids in self.nginx.items()})
-        steps = ("iperf1", "iperf4", "c1", "c32", "close")
+        groups.update({f"proxy-{n}": pids for n, pids in self.proxies.items()})
+        self.memory["proxy_before_load_kb"] = {n: rss_kb(pids) for n, pids in self.proxies.items()}
         marker = f"AMBIT_SANDBOX_MEMBER={self.topo.cfg.name}".encode()
         others0, t0 = others_cpu(netns_prefix=f"{self.topo.cfg.name}-", member_marker=marker), time.monotonic()
         with RssSampler(groups) as sampler:
             for rep in range(s.repetitions):
                 order = live[rep % len(live):] + live[:rep % len(live)]
-                for step in steps:
+                for step in STEPS:
                     for path in order:
+                        if step not in path.steps:
+                            continue
                         say(f"repetition {rep + 1}/{s.repetitions}: {step:6s} {path.name}")
                         try:
                             self._measure(step, path)
@@ -262,6 +362,8 @@ class Bench:
             say(f"warning: other processes used {self.memory['others_cpu_share']:.0%} of the machine during the load runs")
         self.memory["agent_peak_kb"] = {n: sampler.peak_kb[f"agent-{n}"] for n in self.agents}
         self.memory["nginx_peak_kb"] = {n: sampler.peak_kb[f"nginx-{n}"] for n in self.nginx}
+        self.memory["proxy_peak_kb"] = {n: sampler.peak_kb[f"proxy-{n}"] for n in self.proxies}
+        self.memory["proxy_after_load_kb"] = {n: rss_kb(pids) for n, pids in self.proxies.items()}
         self.memory["agent_hwm_kb"] = {n: status_kb(pid, "VmHWM") for n, pid in self.agents.items()}
         self.memory["agent_after_load_kb"] = {n: status_kb(pid, "VmRSS") for n, pid in self.agents.items()}
 
@@ -284,10 +386,18 @@ class Bench:
             add["c1_rps"].append(r["rps"])
             say(f"  {r['rps']:.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms")
         elif step == "c32":
+            relay0, proxy0 = cpu_seconds(path.relay_pids), cpu_seconds(path.proxy)
             r = tools.wrk(c, netns=path.netns, url=path.url, connections=s.wrk_connections, seconds=s.wrk_seconds)
+            relay, proxy = cpu_seconds(path.relay_pids) - relay0, cpu_seconds(path.proxy) - proxy0
             add["c32_rps"].append(r["rps"])
             add["c32_p99_ms"].append(r["p99_ms"])
-            say(f"  {r['rps']:.0f} req/s, p99 {r['p99_ms']:.3f} ms" + (f", {r['errors']} errors" if r["errors"] else ""))
+            add["c32_relay_cpu_us"].append(relay / r["requests"] * 1e6 if path.relays else None)
+            add["c32_proxy_cpu_us"].append(proxy / r["requests"] * 1e6 if path.proxy else None)
+            add["c32_proxy_cores"].append(proxy / r["seconds"] if path.proxy else None)
+            say(f"  {r['rps']:.0f} req/s, p99 {r['p99_ms']:.3f} ms"
+                + (f", relays {relay / r['requests'] * 1e6:.0f} CPU us/request" if path.relays else "")
+                + (f", proxy {proxy / r['seconds']:.2f} cores" if path.proxy else "")
+                + (f", {r['errors']} errors" if r["errors"] else ""))
         else:
             r = tools.wrk(c, netns=path.netns, url=path.url, connections=s.wrk_connections, seconds=s.wrk_seconds,
                           close=True)
@@ -317,7 +427,10 @@ class Bench:
                 + (f", {len(errors)} failed" if errors else ""))
 
     def _selected(self, path: BenchPath) -> bool:
-        return not self.s.paths or path.name in self.s.paths
+        return self._wanted(path.name)
+
+    def _wanted(self, name: str) -> bool:
+        return not self.s.paths or name in self.s.paths
 
     @staticmethod
     def _mb(kb: dict[str, int]) -> str:
@@ -399,11 +512,12 @@ def main(argv: list[str] | None = None) -> int:
     if not ok:
         return 1
     meta = {**report.machine(), "date": date, "commit": _git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--", "node_agent", "cni")),
+            "dirty": bool(_git("status", "--porcelain", "--", "node_agent", "cni", "waypoint")),
+            "dirty_files": _git("status", "--porcelain", "--", "node_agent", "cni", "waypoint").splitlines(),
             "repetitions": s.repetitions, "iperf_seconds": s.iperf_seconds, "wrk_seconds": s.wrk_seconds,
             "wrk_connections": s.wrk_connections, "scale_pods": s.scale_pods, "idle_connections": s.idle_connections,
             "cni_samples": s.cni_samples, "paths": list(s.paths) or list(report.PATHS),
-            "elapsed_s": time.monotonic() - started, "busy_before": busy}
+            "elapsed_s": time.monotonic() - started, "busy_before": busy, "layout": bench.layout}
     results = report.Results(meta=meta, samples=bench.samples, errors={k: v for k, v in bench.errors.items() if v},
                              memory=bench.memory, cni=bench.cni)
     md, js = report.write(results, REPO / s.results_dir)

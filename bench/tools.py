@@ -44,7 +44,8 @@ def wrk(children: Children, *, netns: str, url: str, connections: int, seconds: 
     errors = sum(data[k] for k in ("connect_errors", "read_errors", "write_errors", "status_errors", "timeouts"))
     if data["requests"] == 0:
         raise ToolError(f"wrk against {url} completed no request ({errors} errors)")
-    return {"rps": data["requests"] / (data["duration_us"] / 1e6), "p50_ms": data["p50_us"] / 1000,
+    return {"rps": data["requests"] / (data["duration_us"] / 1e6), "seconds": data["duration_us"] / 1e6,
+            "p50_ms": data["p50_us"] / 1000,
             "p99_ms": data["p99_us"] / 1000, "errors": errors, "requests": data["requests"]}
 
 
