@@ -3,15 +3,19 @@
 Along the data path of one request (the L7 core; it starts from "a downstream byte stream carrying
 HTTP for Service S port P"):
 
-- ``http1``: HTTP/1.x framing on httptools (pure): request/response parsers fed chunks, head serializers.
+- ``downstream_h1`` / ``downstream_h2``: the client's side, HTTP/1.1 (one request at a time) or HTTP/2
+  with prior knowledge (h2: concurrent streams, flow control, trailers); ``http1``: HTTP/1.x framing on
+  httptools (pure): request/response parsers fed chunks, head serializers.
 - ``routes``: HTTPRoutes (mesh profile) parsed into frozen values; a ``RouteTable`` per snapshot picks the rule.
 - ``budget``: the per-route retry budget (20% of requests + 10/s over 10 s); ``accrual``: endpoints that keep
   failing rest with a doubling penalty, then one probe decides.
 - ``metrics``: ``ambit_requests_total``, ``ambit_request_duration_milliseconds`` (Istio's labels, reporter
   "waypoint"), retries and timeouts, and one JSON access line per request.
-- ``http_proxy``: the engine, ``HttpProxy.serve_http1(downstream, context=...)``: one client connection's
-  requests routed, balanced (P2C peak-EWMA, failure accrual), retried within budget, timed, streamed
-  both ways with backpressure; ``pool``: keep-alive upstream connections per endpoint.
+- ``http_proxy``: the engine, ``HttpProxy.serve_http1`` / ``serve_http2(downstream, context=...)``: one client
+  connection's requests routed, balanced (P2C peak-EWMA, failure accrual), retried within budget, timed,
+  streamed both ways with backpressure.
+- ``upstream``: one attempt's request and response over HTTP/1.1 or h2c (``appProtocol`` grpc/h2c);
+  ``pool``: keep-alive upstream connections per endpoint and protocol.
 - ``model``: what the plumbing injects: ``RequestContext`` (service port, source identity) and the
   ``Connector``, ``Backends`` and ``RouteSource`` Protocols.
 - ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).

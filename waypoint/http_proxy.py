@@ -1,24 +1,26 @@
-"""The HTTP/1.1 engine: one downstream connection in, requests routed, retried and timed, responses out.
+"""The HTTP engine: a client connection in, requests routed, retried and timed, responses out.
 
-``HttpProxy.serve_http1(downstream, context=...)`` runs one connection until the client is done:
+``HttpProxy.serve_http1`` / ``serve_http2`` run one client connection (HTTP/1.1, or HTTP/2 with
+prior knowledge) until the client is done; every request then goes the same way:
 
-1. parse one request at a time (pipelined ones wait their turn, ``http1.RequestParser``);
+1. HTTP/1.1 requests are served one at a time, in order (``downstream_h1``); HTTP/2 streams
+   concurrently (``downstream_h2``);
 2. pick the rule (``RouteTable.select``: none → 404 ``NR``), a backend by weight (none with weight
    → 500 ``NR``), its endpoints (Service missing → 500; none ready or all resting → 503 ``UF``
    "no healthy upstream");
 3. per attempt: an endpoint by P2C over peak-EWMA among those failure accrual allows, a pooled or
-   new connection (``Connector``), the head, the body streamed up while the response is read
-   (backpressure both ways through ``Stream.drain``);
+   new connection (``Connector``), HTTP/1.1 or, for an ``appProtocol`` of h2c/grpc, h2c
+   (``upstream``); the body streamed up while the response is read, with backpressure both ways;
 4. retry per the rule's ``retry`` on connect failures and listed codes, never once a response byte
-   went downstream and never a body past the 64 KiB replay buffer; each retry must be allowed by
+   went to the client and never a body past the 64 KiB replay buffer; each retry must be allowed by
    the route's budget (refused: the last answer as it is, ``UO``; attempts used up: ``URX``);
 5. ``timeouts.request`` bounds the whole exchange including retries, ``timeouts.backendRequest``
-   each attempt: 504 ``UT`` (or the connection cut when the response had already started);
-6. record metrics and the access line; keep the downstream connection for the next request when
-   both sides allow it.
+   each attempt: 504 ``UT`` (or the response cut when it had already started);
+6. record metrics and the access line.
 
 A reused pooled connection that fails before any response byte is retried once on a fresh one at
 no cost to the budget (the server had closed it while idle); nothing else is retried for free.
+The client's side of one request is a ``Downstream`` (``Http1Request``, ``Http2Request``).
 """
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from node_agent.proxy.balancer import PeakEwmaBalancer
 from node_agent.proxy.errors import UpstreamError
@@ -36,27 +39,21 @@ from node_agent.proxy.pump import Stream, StreamClosedError
 from waypoint import http1
 from waypoint.accrual import AccrualSettings, FailureAccrual
 from waypoint.budget import BudgetSettings, RetryBudgets
+from waypoint.downstream_h1 import Http1Connection, Http1Request
+from waypoint.downstream_h2 import Http2Server
 from waypoint.errors import HttpError
-from waypoint.http1 import Body, EndOfMessage, Framing, RequestHead, ResponseHead, ResponseParser
+from waypoint.http1 import Body, EndOfMessage, Framing, RequestHead, ResponseHead
 from waypoint.metrics import Flag, RequestMetrics, RequestRecord
-from waypoint.model import (
-    UPSTREAM_HTTP1_PROTOCOLS,
-    Backends,
-    Clock,
-    Connector,
-    RequestContext,
-    RouteSource,
-    ServiceRef,
-)
+from waypoint.model import Backends, Clock, Connector, RequestContext, RouteSource, ServiceRef
 from waypoint.pool import ConnectionPool, PoolSettings
 from waypoint.routes import Rule
+from waypoint.upstream import H2_PROTOCOLS, H2Connection, Http1Upstream, Http2Upstream
 
 log = logging.getLogger(__name__)
 
 _DROP_UPSTREAM = frozenset({b"expect"})  # the waypoint answers 100-continue itself
-_REASONS = {400: "Bad Request", 404: "Not Found", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
-            501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout",
-            505: "HTTP Version Not Supported"}
+UPSTREAM_PROTOCOLS = frozenset({"", "http", "kubernetes.io/http"}) | H2_PROTOCOLS
+"""``appProtocol`` values the engine can speak upstream; others are answered 502."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,58 +70,50 @@ class HttpSettings:
     """seconds to open a connection to an endpoint (the connector may give up sooner)"""
     connect_failovers: int = 2
     """other endpoints tried after a connect failure when the rule has no ``retry`` (nothing was sent)"""
+    max_streams: int = 100
+    """concurrent requests on one HTTP/2 client connection (SETTINGS_MAX_CONCURRENT_STREAMS)"""
     pool: PoolSettings = field(default_factory=PoolSettings)
     budget: BudgetSettings = field(default_factory=BudgetSettings)
     accrual: AccrualSettings = field(default_factory=AccrualSettings)
 
 
-class _Downstream:
-    """The client's side: its parser and the state of the request in progress."""
+class Downstream(Protocol):
+    """One request's client side, whatever the client's protocol."""
 
-    __slots__ = ("stream", "parser", "eof", "started", "continue_sent", "body_done")
+    started: bool  # a response head went to the client
+    body_done: bool  # the request body has been read to its end
 
-    def __init__(self, stream: Stream, *, max_head_bytes: int) -> None:
-        self.stream = stream
-        self.parser = http1.RequestParser(max_head_bytes=max_head_bytes)
-        self.eof = False
-        self.started = False  # a response head went to the client for the current request
-        self.continue_sent = False
-        self.body_done = True  # the current request's body has been read to its end
+    async def next_body_event(self) -> Body | EndOfMessage:
+        """Raises ``HttpError`` when the client broke off, ``StreamClosedError`` when it is gone."""
+        ...
 
-    async def next_event(self) -> http1.RequestEvent | None:
-        """The next request event, waiting for bytes; ``None`` once the client closed between requests."""
-        while True:
-            event = self.parser.next_event()  # raises HttpError in its turn
-            if event is not None:
-                return event  # type: ignore[return-value]
-            if self.eof:
-                return None
-            try:
-                data = await self.stream.read_some()
-            except StreamClosedError:
-                data = b""
-            if data:
-                self.parser.feed(data)
-            else:
-                self.eof = True
-                self.parser.feed_eof()
+    async def ready_for_body(self) -> None: ...
 
-    async def send(self, data: bytes) -> None:
-        self.stream.write(data)
-        await self.stream.drain()
+    async def answer(self, status: int, detail: str, *, close: bool = False) -> None: ...
+
+    async def start_response(self, response: ResponseHead) -> None: ...
+
+    async def send_body(self, data: bytes) -> None: ...
+
+    async def end_response(self, trailers: http1.Headers) -> None: ...
+
+    def cut(self) -> None: ...
+
+
+Upstream = Http1Upstream | Http2Upstream
 
 
 class _Outcome:
     """How one attempt ended before its response was streamed."""
 
-    __slots__ = ("head", "parser", "upstream", "upload", "key", "endpoint", "error", "flag", "retryable", "stale")
+    __slots__ = ("head", "up", "upload", "key", "pool_key", "endpoint", "error", "flag", "retryable", "stale")
 
     def __init__(self) -> None:
         self.head: ResponseHead | None = None
-        self.parser: ResponseParser | None = None
-        self.upstream: Stream | None = None
+        self.up: Upstream | None = None
         self.upload: asyncio.Task[None] | None = None  # the request body still being sent
         self.key: tuple[str, int] | None = None
+        self.pool_key: tuple[str, int, str] | None = None
         self.endpoint: Endpoint | None = None
         self.error = ""
         self.flag = ""
@@ -135,45 +124,35 @@ class _Outcome:
 class _RequestBody:
     """The request body: streamed to the upstream, the first ``limit`` bytes kept for a replay."""
 
-    __slots__ = ("down", "head", "limit", "kept", "size", "replayable", "trailers")
+    __slots__ = ("client", "head", "limit", "kept", "size", "replayable", "trailers")
 
-    def __init__(self, down: _Downstream, head: RequestHead, *, limit: int) -> None:
-        self.down = down
+    def __init__(self, client: Downstream, head: RequestHead, *, limit: int) -> None:
+        self.client = client
         self.head = head
         self.limit = limit
         self.kept: list[bytes] = []
         self.size = 0
         self.replayable = True  # everything read so far is in ``kept``
         self.trailers: http1.Headers = ()
-        down.body_done = head.framing is Framing.NONE
-        if down.body_done:
-            # llhttp ends a message without a body with its head, in the same feed: take the end now
-            end = down.parser.next_event()
-            if not isinstance(end, EndOfMessage):
-                raise HttpError(f"BUG: a request without a body was followed by {end!r}", status=500)
 
-    async def send(self, upstream: Stream) -> None:
+    async def send(self, up: Upstream) -> None:
         """Write the whole body upstream (what was kept first, then the rest as the client sends it).
 
         A client that breaks off aborts the upstream too, so the attempt waiting for its response
         wakes up and finds this task's ``HttpError``."""
         try:
-            await self._send(upstream)
+            await self._send(up)
         except HttpError:
-            upstream.abort()
+            up.abort()
             raise
 
-    async def _send(self, upstream: Stream) -> None:
-        chunked = self.head.framing is Framing.CHUNKED
+    async def _send(self, up: Upstream) -> None:
         for data in self.kept:
-            upstream.write(http1.chunk(data) if chunked else data)
-            await upstream.drain()
-        down = self.down
-        while not down.body_done:
-            if self.head.expect_continue and not down.continue_sent and not down.started:
-                down.continue_sent = True
-                await down.send(http1.CONTINUE)
-            event = await down.next_event()
+            await up.send_body(data)
+        client = self.client
+        while not client.body_done:
+            await client.ready_for_body()
+            event = await client.next_body_event()
             if isinstance(event, Body):
                 self.size += len(event.data)
                 if self.replayable and self.size <= self.limit:
@@ -181,20 +160,14 @@ class _RequestBody:
                 else:
                     self.replayable = False
                     self.kept.clear()
-                upstream.write(http1.chunk(event.data) if chunked else event.data)
-                await upstream.drain()
-            elif isinstance(event, EndOfMessage):
-                down.body_done = True
-                self.trailers = event.trailers
+                await up.send_body(event.data)
             else:
-                raise HttpError("the client closed the connection in the middle of a request")
-        if chunked:
-            upstream.write(http1.last_chunk(self.trailers))
-            await upstream.drain()
+                self.trailers = event.trailers
+        await up.end_body(self.trailers)
 
 
 class HttpProxy:
-    """The engine shared by every downstream connection of a waypoint (balancer, pools, budgets)."""
+    """The engine shared by every client connection of a waypoint (balancer, pools, budgets)."""
 
     def __init__(
         self,
@@ -224,28 +197,30 @@ class HttpProxy:
         """Close the idle upstream connections (the waypoint is stopping)."""
         self.pool.close()
 
-    # ------------------------------------------------------------------ one connection
+    # ------------------------------------------------------------------ client connections
 
     async def serve_http1(self, downstream: Stream, *, context: RequestContext) -> None:
-        """Serve requests on ``downstream`` until the client closes, asks to, or errs; then close it.
+        """Serve HTTP/1.x requests on ``downstream`` until the client closes, asks to, or errs; then close it.
 
         Cancelling aborts the downstream (and the upstream of the request in progress)."""
-        down = _Downstream(downstream, max_head_bytes=self.settings.max_head_bytes)
+        conn = Http1Connection(downstream, max_head_bytes=self.settings.max_head_bytes)
         try:
             while True:
                 try:
                     async with asyncio.timeout(self.settings.keepalive_timeout):
-                        event = await down.next_event()
+                        event = await conn.next_event()
                 except TimeoutError:
                     break  # an idle keep-alive connection
                 except HttpError as exc:
-                    await self._refuse(down, context, exc)
+                    await self._refuse(conn, context, exc)
                     break
                 if event is None:
                     break
                 if not isinstance(event, RequestHead):
                     raise HttpError("BUG: a request body event outside a request", status=500)
-                if not await self._exchange(down, event, context):
+                request = Http1Request(conn, event)
+                await self._exchange(request, event, context)
+                if not request.keep_alive:
                     break
             downstream.close()
         except StreamClosedError:
@@ -254,14 +229,19 @@ class HttpProxy:
             downstream.abort()
             raise
 
-    async def _refuse(self, down: _Downstream, context: RequestContext, exc: HttpError) -> None:
+    async def serve_http2(self, downstream: Stream, *, context: RequestContext) -> None:
+        """Serve HTTP/2 with prior knowledge on ``downstream`` (its first bytes are the client preface)."""
+        server = Http2Server(downstream, max_streams=self.settings.max_streams,
+                             max_head_bytes=self.settings.max_head_bytes)
+        await server.run(lambda request: self._exchange(request, request.head, context))
+
+    async def _refuse(self, conn: Http1Connection, context: RequestContext, exc: HttpError) -> None:
         """A request the parser refused: answer its status, record it, close."""
         rec = self._record(context, started=self._clock())
         rec.status = exc.status
         rec.flag(Flag.DOWNSTREAM_PROTOCOL_ERROR, str(exc))
         try:
-            await down.send(http1.simple_response(status=exc.status, reason=_REASONS.get(exc.status, "Error"),
-                                                  body=f"{exc}\n", close=True))
+            await conn.refuse(exc)
         except StreamClosedError:
             rec.status = 0
         self._finish(rec)
@@ -280,87 +260,80 @@ class HttpProxy:
 
     # ------------------------------------------------------------------ one request
 
-    async def _exchange(self, down: _Downstream, head: RequestHead, context: RequestContext) -> bool:
-        """Serve one request; whether the connection may carry the next one."""
+    async def _exchange(self, client: Downstream, head: RequestHead, context: RequestContext) -> None:
+        """Serve one request to its end (the client's side says afterwards whether its connection stays)."""
         rec = self._record(context, started=self._clock())
         rec.method, rec.authority, rec.path = head.method, head.authority, head.path
         content_type = head.header(b"content-type") or b""
         if content_type.startswith(b"application/grpc"):
             rec.protocol = "grpc"
-        down.started = False
-        down.continue_sent = False
-        body = _RequestBody(down, head, limit=self.settings.retry_buffer)
-        keep = head.keep_alive
+        body = _RequestBody(client, head, limit=self.settings.retry_buffer)
         try:
-            keep = await self._route(down, head, context, rec, body) and keep
+            await self._route(client, head, context, rec, body)
         except HttpError as exc:  # the client's body was malformed or cut short
             rec.flag(Flag.DOWNSTREAM_PROTOCOL_ERROR, str(exc))
-            if not down.started:
-                await self._answer(down, rec, exc.status, str(exc), close=True)
-            keep = False
+            if not client.started:
+                rec.status = exc.status
+                await client.answer(exc.status, str(exc), close=True)
+            else:
+                client.cut()
         except StreamClosedError as exc:
             rec.flag(Flag.DOWNSTREAM_DISCONNECT, str(exc))
-            keep = False
-            if not down.started:
+            if not client.started:
                 rec.status = 0
+        except asyncio.CancelledError:
+            rec.flag(Flag.DOWNSTREAM_DISCONNECT, "cancelled (the client reset the stream, or shutdown)")
+            raise
         finally:
             self._finish(rec)
-        return keep and down.body_done and not down.stream.is_lost
 
-    async def _answer(self, down: _Downstream, rec: RequestRecord, status: int, detail: str, *,
-                      close: bool = False) -> None:
+    async def _answer(self, client: Downstream, rec: RequestRecord, status: int, detail: str) -> None:
         """A response the waypoint makes itself."""
         rec.status = status
-        down.started = True
-        close = close or not down.body_done
-        await down.send(http1.simple_response(status=status, reason=_REASONS.get(status, "Error"),
-                                              body=f"{detail}\n", close=close))
+        await client.answer(status, detail)
 
-    async def _route(self, down: _Downstream, head: RequestHead, context: RequestContext, rec: RequestRecord,
-                     body: _RequestBody) -> bool:
+    async def _route(self, client: Downstream, head: RequestHead, context: RequestContext, rec: RequestRecord,
+                     body: _RequestBody) -> None:
         table = self._routes.route_table()
         rule = table.select(namespace=context.namespace, service=context.service, port=context.port, request=head)
         if rule is None:
             rec.flag(Flag.NO_ROUTE, f"no httproute rule of {context.namespace}/{context.service} port {context.port} "
                                     f"matches {head.method} {head.path}")
-            await self._answer(down, rec, 404, "no route matches this request")
-            return True
+            return await self._answer(client, rec, 404, "no route matches this request")
         rec.route = rule.route
         backend = rule.pick_backend(self._rng)
         if backend is None:
             rec.flag(Flag.NO_ROUTE, f"httproute {rule.route} rule {rule.index} has no backend with a weight above 0")
-            await self._answer(down, rec, 500, "the route has no backend to send to")
-            return True
+            return await self._answer(client, rec, 500, "the route has no backend to send to")
         service = ServiceRef(namespace=backend.namespace, name=backend.name, port=backend.port)
         rec.destination_service = context.hostname(backend.name)
         endpoints = self._backends.endpoints(service)
         if endpoints is None:
             rec.flag(Flag.NO_ROUTE, f"backend service {service.namespace}/{service.name} port {service.port} "
                                     "does not exist")
-            await self._answer(down, rec, 500, "the route's backend does not exist")
-            return True
+            return await self._answer(client, rec, 500, "the route's backend does not exist")
         protocol = self._backends.app_protocol(service)
-        if protocol not in UPSTREAM_HTTP1_PROTOCOLS:
+        if protocol not in UPSTREAM_PROTOCOLS:
             rec.flag(Flag.UPSTREAM_PROTOCOL_ERROR, f"service {service.namespace}/{service.name} port {service.port} "
-                                                   f"has appProtocol {protocol}; the waypoint speaks http/1.1 upstream")
-            await self._answer(down, rec, 502, f"the backend speaks {protocol}, which the waypoint cannot send yet")
-            return True
+                                                   f"has appProtocol {protocol}, which the waypoint does not speak")
+            return await self._answer(client, rec, 502, f"the backend speaks {protocol}, which the waypoint cannot "
+                                                        "send")
+        h2c = protocol in H2_PROTOCOLS
         budget_key = rule.route or f"{context.namespace}/{context.service}:{context.port}"
         try:
             async with asyncio.timeout(rule.request_timeout):
-                return await self._attempts(down, head, rec, body, rule, service, list(endpoints), budget_key)
+                await self._attempts(client, head, rec, body, rule, service, list(endpoints), budget_key, h2c)
         except TimeoutError:
             rec.flag(Flag.TIMEOUT, f"timeouts.request ({rule.request_timeout:g}s) expired")
             rec.timeout = "request"
-            if down.started:
-                down.stream.abort()  # the response had begun: the client sees it cut
-                rec.flag(Flag.DOWNSTREAM_DISCONNECT)
-                return False
-            await self._answer(down, rec, 504, "upstream request timeout", close=not down.body_done)
-            return True
+            if client.started:
+                client.cut()  # the response had begun: the client sees it cut
+                return
+            await self._answer(client, rec, 504, "upstream request timeout")
 
-    async def _attempts(self, down: _Downstream, head: RequestHead, rec: RequestRecord, body: _RequestBody,
-                        rule: Rule, service: ServiceRef, endpoints: list[Endpoint], budget_key: str) -> bool:
+    async def _attempts(self, client: Downstream, head: RequestHead, rec: RequestRecord, body: _RequestBody,
+                        rule: Rule, service: ServiceRef, endpoints: list[Endpoint], budget_key: str,
+                        h2c: bool) -> None:
         retry = rule.retry
         allowed = retry.attempts if retry is not None else 0
         budget = self.budgets.for_route(budget_key)
@@ -370,7 +343,7 @@ class HttpProxy:
         stale_retried = False
         failovers = 0
         while True:
-            outcome = await self._attempt(down, head, rec, body, rule, service, by_key, tried)
+            outcome = await self._attempt(head, rec, body, rule, service, by_key, tried, h2c)
             if outcome.stale and not stale_retried and body.replayable:
                 stale_retried = True  # the server closed an idle connection as we sent: free retry
                 continue
@@ -399,22 +372,31 @@ class HttpProxy:
             rec.retries += 1
             await asyncio.sleep(retry.backoff * 2 ** (rec.retries - 1))
         if outcome.head is not None:
-            return await self._respond(down, head, rec, outcome, rule)
+            return await self._respond(client, rec, outcome, rule)
         rec.flag(outcome.flag, outcome.error)
         if outcome.key is None:
-            await self._answer(down, rec, 503, "no healthy upstream")
+            await self._answer(client, rec, 503, "no healthy upstream")
         elif outcome.flag == Flag.TIMEOUT:
-            await self._answer(down, rec, 504, "upstream request timeout")
+            await self._answer(client, rec, 504, "upstream request timeout")
         elif outcome.flag == Flag.UPSTREAM_PROTOCOL_ERROR:
-            await self._answer(down, rec, 502, f"the upstream did not answer http/1.1: {outcome.error}")
+            await self._answer(client, rec, 502, f"the upstream broke the protocol: {outcome.error}")
         else:
-            await self._answer(down, rec, 503, f"upstream connect error or disconnect/reset before headers: "
-                                               f"{outcome.error}")
-        return True
+            await self._answer(client, rec, 503, f"upstream connect error or disconnect/reset before headers: "
+                                                 f"{outcome.error}")
 
-    async def _attempt(self, down: _Downstream, head: RequestHead, rec: RequestRecord, body: _RequestBody,
-                       rule: Rule, service: ServiceRef, by_key: dict[tuple[str, int], Endpoint],
-                       tried: list[tuple[str, int]]) -> _Outcome:
+    async def _connection(self, endpoint: Endpoint, service: ServiceRef, pool_key: tuple[str, int, str],
+                          *, h2c: bool) -> tuple[Stream | H2Connection, bool]:
+        """A pooled connection to ``endpoint`` or a new one; whether it was reused. Raises the connector's errors."""
+        pooled = self.pool.take(pool_key)
+        if pooled is not None:
+            return pooled, True  # type: ignore[return-value]
+        async with asyncio.timeout(self.settings.connect_timeout):
+            stream = await self._connector.connect(endpoint, service=service)
+        return (H2Connection(stream) if h2c else stream), False
+
+    async def _attempt(self, head: RequestHead, rec: RequestRecord, body: _RequestBody, rule: Rule,
+                       service: ServiceRef, by_key: dict[tuple[str, int], Endpoint], tried: list[tuple[str, int]],
+                       h2c: bool) -> _Outcome:
         """One try up to the response head (its body is streamed by ``_respond``)."""
         outcome = _Outcome()
         usable = [k for k in by_key if self.accrual.usable(k)]
@@ -428,6 +410,7 @@ class HttpProxy:
         endpoint = by_key[key]
         tried.append(key)
         outcome.key, outcome.endpoint = key, endpoint
+        outcome.pool_key = (key[0], key[1], "h2c" if h2c else "http/1.1")
         rec.upstream = "%s:%d" % key
         rec.destination_workload = endpoint.workload.workload_name
         rec.destination_namespace = endpoint.workload.namespace
@@ -435,54 +418,45 @@ class HttpProxy:
         self.balancer.started(key)
         started = self._clock()
         reused = False
-        received = 0
         try:
             async with asyncio.timeout(rule.backend_timeout):
-                upstream = self.pool.take(key)
-                reused = upstream is not None
-                if upstream is None:
-                    try:
-                        async with asyncio.timeout(self.settings.connect_timeout):
-                            upstream = await self._connector.connect(endpoint, service=service)
-                    except (UpstreamError, TimeoutError, OSError) as exc:
-                        self.balancer.failed(key, elapsed=self._clock() - started)
-                        self.accrual.failure(key)
-                        outcome.flag = getattr(exc, "flag", Flag.UPSTREAM_FAILURE)
-                        outcome.error = str(exc) or "connect timed out"
-                        outcome.retryable = getattr(exc, "retryable", True)
-                        return outcome
-                outcome.upstream = upstream
-                headers = http1.end_to_end(head.headers, drop=_DROP_UPSTREAM)
-                if not head.authority:  # an HTTP/1.0 client: HTTP/1.1 upstream needs a Host
-                    port = "" if service.port == 80 else f":{service.port}"
-                    headers.insert(0, (b"host", f"{rec.destination_service}{port}".encode()))
-                upstream.write(http1.encode_request_head(method=head.method, target=head.origin_target,
-                                                         headers=headers, chunked=head.framing is Framing.CHUNKED))
+                try:
+                    conn, reused = await self._connection(endpoint, service, outcome.pool_key, h2c=h2c)
+                except (UpstreamError, TimeoutError, OSError) as exc:
+                    self.balancer.failed(key, elapsed=self._clock() - started)
+                    self.accrual.failure(key)
+                    outcome.flag = getattr(exc, "flag", Flag.UPSTREAM_FAILURE)
+                    outcome.error = str(exc) or "connect timed out"
+                    outcome.retryable = getattr(exc, "retryable", True)
+                    return outcome
+                if isinstance(conn, H2Connection):
+                    up: Upstream = Http2Upstream(conn, method=head.method)
+                else:
+                    up = Http1Upstream(conn, method=head.method, max_head_bytes=self.settings.max_head_bytes)
+                outcome.up = up
+                authority = head.authority or rec.destination_service + (f":{service.port}" if service.port != 80
+                                                                         else "")
+                up.send_head(head, http1.end_to_end(head.headers, drop=_DROP_UPSTREAM), authority=authority)
                 if head.framing is not Framing.NONE:
                     outcome.upload = asyncio.get_running_loop().create_task(
-                        body.send(upstream), name=f"ambit-waypoint-upload-{id(upstream):x}")
-                parser = outcome.parser = ResponseParser(request_method=head.method,
-                                                         max_head_bytes=self.settings.max_head_bytes)
+                        body.send(up), name=f"ambit-waypoint-upload-{id(up):x}")
                 while outcome.head is None:
-                    event = parser.next_event()
+                    try:
+                        event = await up.next_event()
+                    except HttpError:
+                        upload = outcome.upload
+                        if upload is not None and upload.done() and not upload.cancelled() and isinstance(
+                                upload.exception(), HttpError):
+                            raise upload.exception() from None  # type: ignore[misc]  # the client broke off
+                        raise
                     if isinstance(event, ResponseHead):
                         outcome.head = event
-                        break
-                    data = await _read(upstream)
-                    received += len(data)
-                    if data:
-                        parser.feed(data)
-                        continue
-                    upload = outcome.upload
-                    if upload is not None and upload.done() and not upload.cancelled():
-                        if isinstance(upload.exception(), HttpError):
-                            raise upload.exception()  # type: ignore[misc]  # the client's body broke off
-                    parser.feed_eof()
         except HttpError as exc:
             if exc.status != 502:  # the client's, answered by _exchange
                 self.accrual.cancel(key)
                 await self._discard(outcome)
                 raise
+            received = outcome.up.received if outcome.up is not None else 0
             outcome.stale = reused and not received
             if outcome.stale:
                 self.accrual.cancel(key)
@@ -520,75 +494,52 @@ class HttpProxy:
         self._release(outcome, reuse=False)
 
     def _release(self, outcome: _Outcome, *, reuse: bool) -> None:
-        upstream = outcome.upstream
-        outcome.upstream = None
-        if upstream is None:
+        up, outcome.up = outcome.up, None
+        if up is None:
             return
-        if reuse and outcome.key is not None:
-            self.pool.give(outcome.key, upstream)
+        up.finish()
+        if reuse and outcome.pool_key is not None:
+            self.pool.give(outcome.pool_key, up.connection)
         else:
-            upstream.abort()
+            up.abort()
 
-    async def _respond(self, down: _Downstream, head: RequestHead, rec: RequestRecord, outcome: _Outcome,
-                       rule: Rule) -> bool:
-        """Stream the response of a finished attempt down; whether the client connection may stay."""
+    async def _respond(self, client: Downstream, rec: RequestRecord, outcome: _Outcome, rule: Rule) -> None:
+        """Stream the response of a finished attempt to the client."""
         upload = outcome.upload
-        response, parser, upstream = outcome.head, outcome.parser, outcome.upstream
-        assert response is not None and parser is not None and upstream is not None
+        response, up = outcome.head, outcome.up
+        assert response is not None and up is not None
         rec.status = response.status
         grpc = response.header(b"grpc-status")
         if grpc is not None:
             rec.grpc_status = grpc.decode("latin-1").strip()
-        framing = response.framing
-        old_client = head.version == "1.0"
-        chunked = framing in (Framing.CHUNKED, Framing.CLOSE) and not old_client
-        delimit_by_close = framing in (Framing.CHUNKED, Framing.CLOSE) and old_client
-        close = not head.keep_alive or delimit_by_close
-        headers = http1.end_to_end(response.headers)
-        if old_client and head.keep_alive and not close:
-            headers.append((b"connection", b"keep-alive"))
         ok = False
         try:
-            down.started = True
-            down.stream.write(http1.encode_response_head(status=response.status, reason=response.reason,
-                                                         headers=headers, chunked=chunked, close=close))
-            await down.stream.drain()
+            await client.start_response(response)
             try:
                 async with asyncio.timeout(rule.backend_timeout):
                     while True:
-                        event = parser.next_event()
-                        if event is None:
-                            data = await _read(upstream)
-                            if data:
-                                parser.feed(data)
-                            else:
-                                parser.feed_eof()
-                            continue
+                        event = await up.next_event()
                         if isinstance(event, Body):
-                            down.stream.write(http1.chunk(event.data) if chunked else event.data)
-                            await down.stream.drain()
+                            await client.send_body(event.data)
                         elif isinstance(event, EndOfMessage):
-                            if event.trailers:
-                                status = dict((n.lower(), v) for n, v in event.trailers).get(b"grpc-status")
-                                if status is not None:
-                                    rec.grpc_status = status.decode("latin-1").strip()
-                            if chunked:
-                                down.stream.write(http1.last_chunk(event.trailers))
-                                await down.stream.drain()
+                            for name, value in event.trailers:
+                                if name.lower() == b"grpc-status":
+                                    rec.grpc_status = value.decode("latin-1").strip()
+                            await client.end_response(event.trailers)
                             break
             except TimeoutError:
                 rec.flag(Flag.TIMEOUT, f"timeouts.backendRequest ({rule.backend_timeout:g}s) expired")
                 rec.timeout = "backend_request"
-                down.stream.abort()
-                return False
+                client.cut()
+                return
             except HttpError as exc:  # the upstream broke off mid-body
                 rec.flag(Flag.UPSTREAM_RESET, str(exc))
-                down.stream.abort()
-                return False
+                client.cut()
+                return
             ok = True
         finally:
             if upload is not None:
-                if not upload.done() and ok and down.body_done:
+                if not upload.done() and ok and client.body_done:
                     await asyncio.wait({upload}, timeout=1.0)  # writing its last bytes
                 if not upload.done():
                     ok = False  # the server answered without reading the whole body
@@ -596,16 +547,7 @@ class HttpProxy:
                     ok = False
                 outcome.upload = None
                 await _stop(upload)
-            self._release(outcome, reuse=ok and parser.reusable)
-        return not close and down.body_done
-
-
-async def _read(upstream: Stream) -> bytes:
-    """Bytes from the upstream; ``b""`` at EOF or when it was lost."""
-    try:
-        return await upstream.read_some()
-    except StreamClosedError:
-        return b""
+            self._release(outcome, reuse=ok and up.reusable)
 
 
 async def _stop(task: asyncio.Task[None]) -> None:
@@ -614,7 +556,8 @@ async def _stop(task: asyncio.Task[None]) -> None:
     try:
         await task
     except asyncio.CancelledError:
-        if asyncio.current_task() is not None and asyncio.current_task().cancelling():  # type: ignore[union-attr]
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
             raise
     except Exception:
         pass  # its failure was seen (or does not matter) where the exchange ended

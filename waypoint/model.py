@@ -22,9 +22,6 @@ from waypoint.routes import RouteTable
 
 Clock = Callable[[], float]
 
-UPSTREAM_HTTP1_PROTOCOLS = frozenset({"", "http", "kubernetes.io/http"})
-"""``appProtocol`` values the engine speaks upstream (HTTP/1.1); others (h2c, grpc) are answered 502."""
-
 
 @dataclass(frozen=True, slots=True)
 class RequestContext:
@@ -67,7 +64,8 @@ class Backends(Protocol):
         ...
 
     def app_protocol(self, service: ServiceRef) -> str:
-        """The port's ``appProtocol`` ("" when unset)."""
+        """The port's ``appProtocol`` ("" when unset): ``kubernetes.io/h2c`` or ``grpc`` make the engine
+        speak h2c to the endpoints, anything HTTP/1.1-like or unset HTTP/1.1."""
         ...
 
 

@@ -1,15 +1,17 @@
-"""Keep-alive connections to endpoints, per endpoint, for the HTTP/1.1 engine.
+"""Keep-alive connections to endpoints, per endpoint and protocol, for the HTTP engine.
 
 A connection goes back to the pool only after a complete exchange that left it clean (the
 engine decides: no ``Connection: close``, no error, nothing unread). Idle connections are kept
-last-in first-out, at most ``max_idle`` per endpoint, and closed after ``idle_timeout``; one the
-server closed, or that received bytes while idle, is dropped when taken.
+last-in first-out, at most ``max_idle`` per key, and closed after ``idle_timeout``; an HTTP/1.1
+connection the server closed, or that received bytes while idle, is dropped when taken (an h2c
+one handles what came while idle and says itself whether it is still good).
 """
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Hashable
 from dataclasses import dataclass
+from typing import Protocol
 
 from node_agent.proxy.pump import Stream
 
@@ -29,13 +31,25 @@ class PoolSettings:
 class _Idle:
     __slots__ = ("stream", "timer")
 
-    def __init__(self, stream: Stream, timer: asyncio.TimerHandle) -> None:
+    def __init__(self, stream: Stream | Pooled, timer: asyncio.TimerHandle) -> None:
         self.stream = stream
         self.timer = timer
 
 
-def _clean(stream: Stream) -> bool:
-    return not stream.is_lost and not stream.at_eof and not stream.buffered
+class Pooled(Protocol):
+    """An h2c connection (``upstream.H2Connection``) knows itself whether it can carry another request."""
+
+    def clean(self) -> bool: ...
+
+    def close(self) -> None: ...
+
+    def abort(self) -> None: ...
+
+
+def _clean(conn: Stream | Pooled) -> bool:
+    if isinstance(conn, Stream):
+        return not conn.is_lost and not conn.at_eof and not conn.buffered
+    return conn.clean()
 
 
 class ConnectionPool:
@@ -45,7 +59,7 @@ class ConnectionPool:
         self._settings = settings
         self._idle: dict[Hashable, list[_Idle]] = {}
 
-    def take(self, key: Hashable) -> Stream | None:
+    def take(self, key: Hashable) -> Stream | Pooled | None:
         """An idle connection to ``key`` that is still clean, or ``None``."""
         entries = self._idle.get(key)
         while entries:
@@ -59,7 +73,7 @@ class ConnectionPool:
         self._idle.pop(key, None)
         return None
 
-    def give(self, key: Hashable, stream: Stream) -> None:
+    def give(self, key: Hashable, stream: Stream | Pooled) -> None:
         """Keep ``stream`` for the next request to ``key`` (closed instead when full or not clean)."""
         entries = self._idle.setdefault(key, [])
         if len(entries) >= self._settings.max_idle or not _clean(stream):
@@ -70,7 +84,7 @@ class ConnectionPool:
         timer = asyncio.get_running_loop().call_later(self._settings.idle_timeout, self._expire, key, stream)
         entries.append(_Idle(stream, timer))
 
-    def _expire(self, key: Hashable, stream: Stream) -> None:
+    def _expire(self, key: Hashable, stream: Stream | Pooled) -> None:
         entries = self._idle.get(key)
         if entries is None:
             return
