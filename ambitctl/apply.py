@@ -7,7 +7,8 @@
   longer has (``kubectl apply --prune -l``, with a fixed list of kinds)
 - ``Applier.delete``: background propagation (the garbage collector removes ReplicaSets and pods),
   then waiting until the object is gone
-- ``ready``: the readiness rules ``helm --wait`` applies to Deployments and DaemonSets
+- ``ready``: the readiness rules ``helm --wait`` applies to Deployments and DaemonSets;
+  ``established``: a CustomResourceDefinition whose kinds are served (what Helm waits for)
 """
 from __future__ import annotations
 
@@ -200,6 +201,19 @@ def ready(obj: dict | None) -> str | None:
             return f"{available}/{want} replicas available, {updated}/{want} updated"
         return None
     return None
+
+
+def established(obj: dict | None) -> str | None:
+    """None once a CRD is Established (its kinds are served), else why not."""
+    if obj is None:
+        return "not found"
+    conditions = {c.get("type"): c for c in (obj.get("status") or {}).get("conditions") or []}
+    if (conditions.get("Established") or {}).get("status") == "True":
+        return None
+    names = conditions.get("NamesAccepted") or {}
+    if names.get("status") == "False":
+        return f"its names are not accepted: {names.get('message') or names.get('reason')}"
+    return "not Established yet"
 
 
 def gone(obj: dict | None) -> str | None:

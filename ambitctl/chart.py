@@ -3,12 +3,13 @@ binary and no template engine of our own).
 
 ``values(files, sets)`` merges values as ``helm install -f A -f B --set k=v`` does (files in order,
 then ``--set``); ``render(...)`` checks them against ``values.schema.json`` and returns the objects in
-the order Helm installs them, each with the template it came from.
+the order Helm installs them, each with the template it came from, and apart from them the
+CustomResourceDefinitions of the chart's ``crds/`` directory (never templated, installed first).
 """
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,13 @@ class Manifest:
 class Rendered:
     manifests: list[Manifest]
     notes: str
+    crds: list[Manifest] = field(default_factory=list)
+    """the chart's ``crds/`` (Helm's rule: created before the templates, as they are; never upgraded
+    nor deleted by the release)"""
 
     def yaml(self) -> str:
-        """The rendering as ``helm template`` prints it."""
+        """The rendering as ``helm template`` prints it (without the CRDs, as Helm does unless
+        ``--include-crds``)."""
         return "".join(f"---\n# Source: {m.source}\n" + yaml.safe_dump(m.obj, sort_keys=False)
                        for m in self.manifests)
 
@@ -119,6 +124,7 @@ def render(user_values: dict[str, Any], *, chart: Path = DEFAULT_CHART, release:
         with helm.Chart.load(str(chart)) as loaded:
             files = loaded.render(user_values, name=release, namespace=namespace,
                                   is_install=not upgrade, is_upgrade=upgrade)
+            crd_files = loaded.crds
     except helm.HelmValuesError as exc:
         raise ChartError(f"invalid values for chart {chart.name}: {str(exc).strip()}") from exc
     except helm.HelmError as exc:
@@ -137,4 +143,13 @@ def render(user_values: dict[str, Any], *, chart: Path = DEFAULT_CHART, release:
             manifests.append(Manifest(source=source, obj=doc))
     rank = {kind: i for i, kind in enumerate(INSTALL_ORDER)}
     manifests.sort(key=lambda m: rank.get(m.kind, len(rank)))  # stable: template order within a kind
-    return Rendered(manifests=manifests, notes=notes)
+    crds: list[Manifest] = []
+    for f in sorted(crd_files, key=lambda f: f["name"]):
+        for doc in yaml.safe_load_all(f["data"]):
+            if not doc:
+                continue
+            if not isinstance(doc, dict) or doc.get("kind") != "CustomResourceDefinition":
+                raise ChartError(f"{f['name']} holds something that is not a CustomResourceDefinition; "
+                                 "a chart's crds/ may hold only CRDs")
+            crds.append(Manifest(source=f["name"], obj=doc))
+    return Rendered(manifests=manifests, notes=notes, crds=crds)

@@ -2,26 +2,34 @@
 leave the cluster, from one command.
 
 install:   render (values checked by the chart's schema: a bad value stops here, nothing applied)
-           -> namespace (created and marked when absent) -> server-side apply of every object in
-           Helm's order -> prune what this release labelled and the rendering no longer has
-           -> wait until the identity CA and every node agent are ready.
+           -> the chart's CRDs (``crds/``: the Gateway API), as ``helm install`` treats them: each
+           one missing is created, one that exists is left as it is, and all must be
+           ``Established`` before anything else -> namespace (created and marked when absent)
+           -> server-side apply of every object in Helm's order -> prune what this release
+           labelled and the rendering no longer has -> wait until the identity CA and every node
+           agent are ready.
 uninstall: delete the workloads first and wait until the agents' pods are gone (each agent's CNI
            installer unchains ambit-cni from its node as it sees its DaemonSet gone), then every
-           other object of Ambit's, then the namespace if ``ambit install`` created it.
+           other object of Ambit's, then the namespace if ``ambit install`` created it. CRDs stay
+           (as with ``helm uninstall``: deleting one deletes every object of its kind, also
+           other users' Gateways) unless given as ``crds``.
 """
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Callable
 
 from ambitctl import apply as kube
-from ambitctl.chart import INSTALL_ORDER, Rendered
+from ambitctl.chart import INSTALL_ORDER, Manifest, Rendered
 from ambitctl.cluster import ENROL_LABEL
 
 CREATED_BY = "ambit.dev/created-by"
 """annotation on a namespace ``ambit install`` created, so ``ambit uninstall`` removes it again"""
 WORKLOAD_KINDS = ("DaemonSet", "Deployment")
+CRD_WAIT = 60.0
+"""seconds a new CRD may take to be Established (Helm waits as long)"""
 
 
 def release_selector(release: str) -> str:
@@ -42,9 +50,12 @@ class InstallReport:
 
 
 def install(api_client, rendered: Rendered, *, namespace: str, release: str, wait: float | None,
-            say: Callable[[str], None]) -> InstallReport:
+            say: Callable[[str], None], skip_crds: bool = False) -> InstallReport:
+    """``skip_crds`` (``helm install --skip-crds``): the cluster brings its own Gateway API CRDs."""
     applier = kube.Applier(api_client)
     report = InstallReport()
+    if not skip_crds:
+        install_crds(applier, rendered, report=report, say=say)
 
     ns_ref = kube.Ref("v1", "Namespace", None, namespace)
     if applier.get(ns_ref) is None:
@@ -73,8 +84,35 @@ def install(api_client, rendered: Rendered, *, namespace: str, release: str, wai
     return report
 
 
-def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: Callable[[str], None]) -> int:
-    """Remove every object of Ambit's; returns how many were deleted."""
+def install_crds(applier: kube.Applier, rendered: Rendered, *, report: InstallReport, say: Callable[[str], None]) -> None:
+    """Create the chart's CRDs that are missing (never change one that exists: another release or
+    the cluster's admin may own a newer one), then wait until every one is Established."""
+    for m in rendered.crds:
+        ref = kube.Ref.of(m.obj)
+        live = applier.get(ref)
+        if live is None:
+            report.counts[applier.apply(m.obj)] += 1
+            say(f"created {m.describe()}")
+            continue
+        ours = _bundle_version(m.obj)
+        theirs = _bundle_version(live)
+        if ours != theirs:
+            say(f"kept {m.describe()} as it is ({theirs or 'unknown version'}; the chart has {ours or 'another'}): "
+                f"CRDs are never upgraded by an install; to update it: kubectl apply --server-side -f {m.source}")
+        report.counts["unchanged"] += 1
+    if rendered.crds:
+        applier.wait([kube.Ref.of(m.obj) for m in rendered.crds], check=kube.established, timeout=CRD_WAIT,
+                     what="the chart's CustomResourceDefinitions are not Established")
+
+
+def _bundle_version(crd: dict) -> str:
+    return ((crd.get("metadata") or {}).get("annotations") or {}).get("gateway.networking.k8s.io/bundle-version", "")
+
+
+def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: Callable[[str], None],
+              crds: Sequence[Manifest] = ()) -> int:
+    """Remove every object of Ambit's; returns how many were deleted. ``crds``: CRDs to delete
+    too (none by default, as Helm; every object of their kinds in the cluster goes with them)."""
     applier = kube.Applier(api_client)
     # Ambit's namespaced objects include what the CA made (labelled part-of=ambit, no release label)
     refs = [r for r in applier.owned("app.kubernetes.io/part-of=ambit", namespace=namespace) if r.namespace]
@@ -105,6 +143,12 @@ def uninstall(api_client, *, namespace: str, release: str, timeout: float, say: 
         applier.wait([ns_ref], check=kube.gone, timeout=timeout, what=f"namespace {namespace} is still terminating")
         deleted += 1
         say(f"deleted Namespace {namespace} (ambit install had created it)")
+    crd_refs = [kube.Ref.of(m.obj) for m in crds]
+    for ref in crd_refs:
+        if applier.delete(ref):
+            deleted += 1
+            say(f"deleted {ref} (and every object of its kind)")
+    applier.wait(crd_refs, check=kube.gone, timeout=timeout, what="CustomResourceDefinitions still exist")
     enrolled = [n["metadata"]["name"] for n in applier.list("v1", "Namespace", selector=f"{ENROL_LABEL}=ambient")]
     if deleted and enrolled:
         say(f"warning: namespaces {', '.join(enrolled)} are still labelled {ENROL_LABEL}=ambient: their running "

@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 SANDBOX = ("inst", 6)  # the api, cfg (with controllers) and kubectl fixtures: tests/integration/conftest.py
+GATEWAY_API = ("gatewayclasses", "gateways", "grpcroutes", "httproutes", "referencegrants")
 
 
 def ambit(cfg, *args: str) -> subprocess.CompletedProcess[str]:
@@ -47,6 +48,9 @@ def names(kubectl, kind: str, namespace: str = "ambit-system") -> set[str]:
 def test_install_again_prune_and_uninstall(cfg, kubectl, tmp_path):
     first = ambit(cfg, "install", "--no-wait", "-f", issuer_values(tmp_path)).stdout
     assert "created Namespace ambit-system" in first and "created Secret ambit-system/ambit-ca" in first
+    crds = [line for line in first.splitlines() if "CustomResourceDefinition" in line]
+    assert crds == [f"ambit: created CustomResourceDefinition {k}.gateway.networking.k8s.io" for k in GATEWAY_API]
+    assert first.index("CustomResourceDefinition") < first.index("Namespace ambit-system"), "CRDs first"
     assert {"ambit-ca"} <= names(kubectl, "secrets") and "ambit-trust-bundle" in names(kubectl, "configmaps")
 
     again = ambit(cfg, "install", "--no-wait", "-f", issuer_values(tmp_path)).stdout
@@ -78,3 +82,38 @@ def test_install_again_prune_and_uninstall(cfg, kubectl, tmp_path):
     roles = {o["metadata"]["name"] for o in json.loads(kubectl("get", "clusterroles", "-o", "json").stdout)["items"]}
     assert not {n for n in roles if n.startswith("ambit-")}
     assert "nothing to uninstall" in ambit(cfg, "uninstall", "--timeout", "10").stdout
+    assert gateway_api_crds(kubectl) == [f"{k}.gateway.networking.k8s.io" for k in GATEWAY_API], "as helm: CRDs stay"
+
+
+def gateway_api_crds(kubectl) -> list[str]:
+    return sorted(o["metadata"]["name"] for o in json.loads(kubectl("get", "crd", "-o", "json").stdout)["items"]
+                  if o["spec"]["group"] == "gateway.networking.k8s.io")
+
+
+def test_install_keeps_crds_it_finds_and_uninstall_deletes_them_only_when_asked(cfg, kubectl):
+    from ambitctl import chart
+    from ambitctl.install import install, uninstall
+    from sandbox.kube import api_client
+
+    ambit(cfg, "install", "--no-wait")
+    kubectl("annotate", "--overwrite", "crd", "gateways.gateway.networking.k8s.io", "gateway.networking.k8s.io/bundle-version=v1.9.0")
+    again = ambit(cfg, "install", "--no-wait").stdout
+    assert ("kept CustomResourceDefinition gateways.gateway.networking.k8s.io as it is (v1.9.0; the chart has v1.6.1): "
+            "CRDs are never upgraded by an install") in again
+    assert "created" not in again
+    kubectl("apply", "-f", "-", stdin=json.dumps({
+        "apiVersion": "gateway.networking.k8s.io/v1", "kind": "GatewayClass", "metadata": {"name": "other"},
+        "spec": {"controllerName": "example.com/other"}}))
+    said: list[str] = []
+    api = api_client(cfg)
+    try:
+        uninstall(api, namespace="ambit-system", release="ambit", timeout=60, say=said.append,
+                  crds=chart.render({}).crds)
+        assert gateway_api_crds(kubectl) == []
+        assert "deleted CustomResourceDefinition gatewayclasses.gateway.networking.k8s.io (and every object of its kind)" in said
+        assert kubectl("get", "gatewayclass", check=False).returncode == 1
+        install(api, chart.render({}), namespace="ambit-system", release="ambit", wait=None, say=said.append, skip_crds=True)
+        assert gateway_api_crds(kubectl) == [], "--skip-crds"
+        uninstall(api, namespace="ambit-system", release="ambit", timeout=60, say=said.append)
+    finally:
+        api.close()

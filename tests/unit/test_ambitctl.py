@@ -5,7 +5,7 @@ import copy
 
 import pytest
 
-from ambitctl.apply import gone, ready, wait_until
+from ambitctl.apply import established, gone, ready, wait_until
 from ambitctl.chart import merge
 from ambitctl.errors import ClusterError
 
@@ -55,6 +55,26 @@ def deploy(*, replicas=1, updated=1, available=1, generation=1, observed=1):
 )
 def test_ready_as_helm_wait_sees_it(obj, reason):
     assert ready(obj) == reason
+
+
+def crd(*conditions):
+    return {"kind": "CustomResourceDefinition", "metadata": {"name": "gateways.gateway.networking.k8s.io"},
+            "status": {"conditions": [{"type": t, "status": s, "message": m} for t, s, m in conditions]}}
+
+
+@pytest.mark.parametrize(
+    "obj,reason",
+    [
+        (None, "not found"),
+        (crd(("NamesAccepted", "True", ""), ("Established", "True", "")), None),
+        (crd(), "not Established yet"),
+        (crd(("NamesAccepted", "False", '"gtw" is already in use'), ("Established", "False", "")),
+         'its names are not accepted: "gtw" is already in use'),
+    ],
+    ids=["missing", "established", "no-status-yet", "names-conflict"],
+)
+def test_established_as_helm_waits_for_crds(obj, reason):
+    assert established(obj) == reason
 
 
 def test_gone_and_waiting_says_what_is_missing():

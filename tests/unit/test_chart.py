@@ -278,3 +278,14 @@ def test_notes_tell_the_user_to_run_ambit_check():
 def test_install_order_puts_rbac_before_workloads():
     kinds = [m.kind for m in chart.render({}).manifests]
     assert kinds.index("ServiceAccount") < kinds.index("ClusterRole") < kinds.index("DaemonSet")
+
+
+def test_crds_are_the_gateway_api_standard_channel_as_released():
+    crds = chart.render({}).crds
+    assert sorted(m.obj["spec"]["names"]["kind"] for m in crds) == ["GRPCRoute", "Gateway", "GatewayClass", "HTTPRoute", "ReferenceGrant"]
+    versions = {m.obj["metadata"]["annotations"]["gateway.networking.k8s.io/bundle-version"] for m in crds}
+    assert len(versions) == 1 and {m.obj["metadata"]["annotations"]["gateway.networking.k8s.io/channel"] for m in crds} == {"standard"}
+    assert all(m.obj["metadata"]["annotations"]["api-approved.kubernetes.io"].startswith("https://") for m in crds)
+    readme = (CHART / "crds" / "README.md").read_text()
+    assert f"**release {versions.pop()}**" in readme, "crds/README.md names the release the files come from"
+    assert not _by_kind(_render(VALUE_SETS["waypoint"]), "CustomResourceDefinition"), "CRDs are never templated"
