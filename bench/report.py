@@ -258,23 +258,27 @@ def render_l7(r: Results) -> list[str]:
         "-> bench-direct/server (node-2), plaintext",
         "- relay CPU: every process on the path (waypoint path: both agents and the waypoint); L7 proxy CPU: "
         "the waypoint process alone, nginx-http's master and worker",
+        "- ambit (L4): the mesh without a waypoint (agent to agent, mTLS; bench-mesh), for what the waypoint hop "
+        "adds on top of it",
         "",
-        "| figure | direct | nginx-http | waypoint | waypoint ÷ nginx-http | waypoint ÷ direct |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| figure | direct | ambit (L4) | nginx-http | waypoint | waypoint ÷ nginx-http | waypoint ÷ direct |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for key in L7_FIGURES:
         label, unit, _ = FIGURES[key]
-        v = {p: m(p, key) for p in ("direct", *L7_PATHS)}
-        lines.append(f"| {label} ({unit}) | {_fmt(v['direct'], unit)} | {_fmt(v['nginx-http'], unit)} "
-                     f"| {_fmt(v['waypoint'], unit)} | {_fmt_ratio(_ratio(v['waypoint'], v['nginx-http']))} "
+        v = {p: m(p, key) for p in ("direct", "ambit", *L7_PATHS)}
+        lines.append(f"| {label} ({unit}) | {_fmt(v['direct'], unit)} | {_fmt(v['ambit'], unit)} "
+                     f"| {_fmt(v['nginx-http'], unit)} | {_fmt(v['waypoint'], unit)} "
+                     f"| {_fmt_ratio(_ratio(v['waypoint'], v['nginx-http']))} "
                      f"| {_fmt_ratio(_ratio(v['waypoint'], v['direct']))} |")
-    added = {p: added_p50(r, p) for p in L7_PATHS}
-    lines.append(f"| added p50 latency at c=1 over direct (ms) | — | {_fmt(added['nginx-http'])} "
-                 f"| {_fmt(added['waypoint'])} | {_fmt_ratio(_ratio(added['waypoint'], added['nginx-http']))} | — |")
+    added = {p: added_p50(r, p) for p in ("ambit", *L7_PATHS)}
+    lines.append(f"| added p50 latency at c=1 over direct (ms) | — | {_fmt(added['ambit'])} "
+                 f"| {_fmt(added['nginx-http'])} | {_fmt(added['waypoint'])} "
+                 f"| {_fmt_ratio(_ratio(added['waypoint'], added['nginx-http']))} | — |")
     for when, label in (("idle", "RSS idle"), ("peak", "peak RSS during the load runs"),
                         ("after_load", "RSS after all load runs")):
         wp, nh = mem[f"waypoint_{when}_mb"], mem[f"nginx-http_{when}_mb"]
-        lines.append(f"| {label} (MB) | — | {_fmt(nh)} | {_fmt(wp)} | {_fmt_ratio(_ratio(wp, nh))} | — |")
+        lines.append(f"| {label} (MB) | — | — | {_fmt(nh)} | {_fmt(wp)} | {_fmt_ratio(_ratio(wp, nh))} | — |")
     return lines
 
 

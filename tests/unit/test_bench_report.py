@@ -77,6 +77,7 @@ def test_a_path_that_was_not_measured_leaves_the_targets_unjudged(missing):
 
 def test_the_report_shows_the_waypoint_beside_nginx_http_with_placement_and_memory():
     r = _results({"direct": {"c1_p50_ms": 0.080, "c32_rps": 40000},
+                  "ambit": {"c1_p50_ms": 0.200, "c32_rps": 15000},
                   "nginx-http": {"c1_p50_ms": 0.120, "c1_p99_ms": 0.2, "c1_rps": 8000, "c32_rps": 20000,
                                  "c32_proxy_cpu_us": 20.0, "c32_proxy_cores": 0.4},
                   "waypoint": {"c1_p50_ms": 0.400, "c1_p99_ms": 0.9, "c1_rps": 2500, "c32_rps": 4000,
@@ -89,12 +90,12 @@ def test_the_report_shows_the_waypoint_beside_nginx_http_with_placement_and_memo
     assert "one `ambit-waypoint proxy` process, on node-2" in md
     assert "nginx `http` reverse proxy in node-2's network namespace (1 worker" in md
     rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
-    assert rows["wrk c=32 requests/s (req/s)"].endswith("| 40.0k | 20.0k | 4.0k | 0.20× | 0.10× |")
+    assert rows["wrk c=32 requests/s (req/s)"].endswith("| 40.0k | 15.0k | 20.0k | 4.0k | 0.20× | 0.10× |")
     assert rows["added p50 latency at c=1 over direct (ms)"] == \
-        "| added p50 latency at c=1 over direct (ms) | — | 0.040 | 0.320 | 8.00× | — |"
+        "| added p50 latency at c=1 over direct (ms) | — | 0.120 | 0.040 | 0.320 | 8.00× | — |"
     assert rows["L7 proxy CPU per request at c=32 (CPU µs)"].startswith(
-        "| L7 proxy CPU per request at c=32 (CPU µs) | — | 20.0 | 240 | 12.00× |")
-    assert rows["RSS idle (MB)"] == "| RSS idle (MB) | — | 4.00 | 100 | 25.00× | — |"
+        "| L7 proxy CPU per request at c=32 (CPU µs) | — | — | 20.0 | 240 | 12.00× |")
+    assert rows["RSS idle (MB)"] == "| RSS idle (MB) | — | — | 4.00 | 100 | 25.00× | — |"
     assert f"| {RPS} | ≥ 0.5 × | 0.200 × | **no** |" in md
     assert f"| {ADDED} | ≤ 2 × | 8.00 × | **no** |" in md
     # the proxy-only figures stay out of the data-path table, which has no column for them
