@@ -2,8 +2,8 @@
 
 - ``Http2Server.run`` reads the connection (preface, SETTINGS, frames), starts one named task per
   request stream (at most ``max_streams`` at once, advertised in SETTINGS) and writes what h2
-  queues. It ends when the client closes or sends GOAWAY, or on a protocol error (GOAWAY sent);
-  streams still running then are cancelled.
+  queues. It ends when the client closes (its streams are cancelled), sends GOAWAY (they finish
+  first), idles ``idle_timeout`` with no stream open, or breaks the protocol (GOAWAY sent).
 - ``Http2Request`` is one stream as the engine's ``Downstream``: request body events, acknowledged
   (window reopened) only once the engine took them, so a slow upstream slows the client; response
   DATA sent as the stream's and the connection's windows allow; trailers (gRPC's ``grpc-status``)
@@ -65,18 +65,21 @@ class Http2Server:
     async def wait_window(self) -> None:
         await self._window.wait()
 
-    async def run(self, handle: Callable[[Http2Request], Awaitable[None]]) -> None:
+    async def run(self, handle: Callable[[Http2Request], Awaitable[None]], *, idle_timeout: float) -> None:
         """Serve the connection; ``handle`` runs once per request stream (in its own task)."""
         self.h2.initiate_connection()
         try:
             await self.drain()
+            goaway = False
             while True:
                 try:
-                    data = await self.stream.read_some()
-                except StreamClosedError:
+                    # an idle connection (no stream open) waits ``idle_timeout`` for its next request
+                    async with asyncio.timeout(None if self.requests else idle_timeout):
+                        data = await self.stream.read_some()
+                except (StreamClosedError, TimeoutError):
                     data = b""
                 if not data:
-                    break
+                    break  # the client is gone: its streams are cancelled below
                 try:
                     events = self.h2.receive_data(data)
                 except h2.exceptions.ProtocolError as exc:
@@ -88,8 +91,9 @@ class Http2Server:
                     stop = self._dispatch(event, handle) or stop
                 await self.drain()
                 if stop:
+                    goaway = True
                     break
-            if self.tasks:  # GOAWAY or EOF: let what was asked finish (the engine bounds each request)
+            if goaway and self.tasks:  # the client said goodbye: what it asked for still gets answered
                 await asyncio.wait(set(self.tasks))
             self.stream.close()
         except BaseException:

@@ -233,7 +233,8 @@ class HttpProxy:
         """Serve HTTP/2 with prior knowledge on ``downstream`` (its first bytes are the client preface)."""
         server = Http2Server(downstream, max_streams=self.settings.max_streams,
                              max_head_bytes=self.settings.max_head_bytes)
-        await server.run(lambda request: self._exchange(request, request.head, context))
+        await server.run(lambda request: self._exchange(request, request.head, context),
+                         idle_timeout=self.settings.keepalive_timeout)
 
     async def _refuse(self, conn: Http1Connection, context: RequestContext, exc: HttpError) -> None:
         """A request the parser refused: answer its status, record it, close."""

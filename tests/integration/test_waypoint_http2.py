@@ -6,10 +6,15 @@ import asyncio
 import hashlib
 import os
 import shutil
+from collections import Counter
 from concurrent import futures
 from pathlib import Path
 
 import grpc
+import h2.config
+import h2.connection
+import h2.errors
+import h2.events
 
 from waypoint_harness import curl, mesh, run, samples
 
@@ -110,5 +115,55 @@ def test_grpc_unary_calls_through_the_waypoint() -> None:
             if channel is not None:
                 channel.close()
             server.stop(grace=None).wait(5)
+
+    run(main())
+
+
+def test_streams_are_independent_and_a_reset_stream_is_dropped() -> None:
+    """One stream waiting on its unfinished upload does not hold up another; the client resetting it
+    ends that request (flag DC) and leaves the connection serving."""
+    async def main() -> None:
+        async with mesh() as (wp, b):
+            reader, writer = await asyncio.open_connection("127.0.0.1", wp.ports["echo"])
+            conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding=None))
+            conn.initiate_connection()
+
+            def request(sid: int, method: bytes, path: bytes, *, end: bool) -> None:
+                conn.send_headers(sid, [(b":method", method), (b":scheme", b"http"), (b":authority", b"echo"),
+                                        (b":path", path)], end_stream=end)
+
+            async def until(predicate) -> list:
+                seen: list = []
+                while not predicate(seen):
+                    writer.write(conn.data_to_send())
+                    data = await asyncio.wait_for(reader.read(65536), 10)
+                    assert data, "the waypoint closed the connection"
+                    seen += conn.receive_data(data)
+                writer.write(conn.data_to_send())
+                return seen
+
+            try:
+                request(1, b"POST", b"/upload", end=False)
+                conn.send_data(1, b"part of a body that never ends")
+                request(3, b"GET", b"/download?size=5", end=True)
+                events = await until(lambda ev: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 3
+                                                    for e in ev))
+                body = b"".join(e.data for e in events if isinstance(e, h2.events.DataReceived) and e.stream_id == 3)
+                assert body == b"zzzzz"
+                assert not any(getattr(e, "stream_id", None) == 1 for e in events
+                               if isinstance(e, h2.events.StreamEnded))
+                conn.reset_stream(1, error_code=h2.errors.ErrorCodes.CANCEL)
+                request(5, b"GET", b"/download?size=3", end=True)
+                await until(lambda ev: any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 5 for e in ev))
+                flags = Counter(x.labels["response_flags"] for x in samples(wp.proxy)["ambit_requests_total"]
+                                for _ in range(int(x.value)))
+                assert flags == {"-": 2, "DC": 1}, flags
+            finally:
+                writer.close()
+            for _ in range(100):  # the client is gone: so is the connection's task
+                if not [t for t in wp.tasks if t.get_name() == "test-waypoint-echo"]:
+                    break
+                await asyncio.sleep(0.05)
+            assert not [t for t in wp.tasks if t.get_name() == "test-waypoint-echo"]
 
     run(main())
