@@ -68,7 +68,10 @@ class Waypoint:
         context = RequestContext(namespace=svc.namespace, service=svc.name, port=request.port,
                                  source_principal=request.source_principal, source_workload=request.source_workload,
                                  source_namespace=request.source_namespace, cluster_domain=self.settings.trust_domain)
-        await self.http.serve_http1(stream, context=context)
+        if request.protocol == "http2":
+            await self.http.serve_http2(stream, context=context)
+        else:
+            await self.http.serve_http1(stream, context=context)
 
     async def config_dump(self) -> dict:
         view = self.discovery.view

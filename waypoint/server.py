@@ -3,8 +3,8 @@
 Per connection: the tunnel's server side as the waypoint's own identity (``accept_tunnel``: TLS 1.3,
 a client certificate of the mesh, the header) -> the header's target must be a Service of this
 namespace that is not bound to another waypoint -> answer ``OK`` -> then, by what the client
-sends first (``detect``): HTTP/1.x goes to the L7 engine (``http``, ``waypoint.http_proxy``); anything else
-(HTTP/2 for now, or a client that waits for the server) is relayed as TCP to one of the Service's endpoints over a
+sends first (``detect``): HTTP/1.x and HTTP/2 with prior knowledge go to the L7 engine (``http``,
+``waypoint.http_proxy``); anything else (TLS, or a client that waits for the server) is relayed as TCP to one of the Service's endpoints over a
 new tunnel under the waypoint's identity (the node agent's ``open_tunnel`` and the one pump).
 """
 from __future__ import annotations
@@ -106,7 +106,7 @@ class WaypointListener(Listener):
         stream.write(encode_response(Status.OK))
         first = await self._first_bytes(stream)
         protocol = detect(first)
-        if protocol == "http1" and self._http is not None:  # HTTP/2 is relayed as TCP until the engine speaks it
+        if protocol in ("http1", "http2") and self._http is not None:
             self._open(record)
             try:
                 await self._http(stream, Request(service=service, port=header.target_port, record=record,
