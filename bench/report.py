@@ -31,8 +31,9 @@ FIGURES = {
     "c32_relay_cpu_us": ("relay CPU per request at c=32", "CPU µs", False),
     "c32_proxy_cpu_us": ("L7 proxy CPU per request at c=32", "CPU µs", False),
     "c32_proxy_cores": ("L7 proxy CPU use at c=32", "cores", False),
+    "c32_upstream_conns_per_1k": ("connections opened to the server per 1000 requests at c=32", "conns", False),
 }
-PROXY_FIGURES = ("c32_proxy_cpu_us", "c32_proxy_cores")
+PROXY_FIGURES = ("c32_proxy_cpu_us", "c32_proxy_cores", "c32_upstream_conns_per_1k")
 """only the one-hop L7 proxies have them (the waypoint process; nginx-http): not in the data-path table"""
 L7_PATHS = ("waypoint", "nginx-http")
 L7_FIGURES = ("c1_p50_ms", "c1_p99_ms", "c1_rps", "c32_rps", "c32_p99_ms", "c32_relay_cpu_us", *PROXY_FIGURES)
@@ -258,6 +259,8 @@ def render_l7(r: Results) -> list[str]:
         "-> bench-direct/server (node-2), plaintext",
         "- relay CPU: every process on the path (waypoint path: both agents and the waypoint); L7 proxy CPU: "
         "the waypoint process alone, nginx-http's master and worker",
+        "- connections opened to the server: the server's agent's count of new tunnels (each a TLS handshake on "
+        "both ends); the waypoint keeps idle upstream connections alive, nginx-http keeps 32",
         "- ambit (L4): the mesh without a waypoint (agent to agent, mTLS; bench-mesh), for what the waypoint hop "
         "adds on top of it",
         "",

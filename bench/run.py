@@ -91,6 +91,8 @@ class BenchPath:
     a path that does not answer yet is retried until ``PATH_READY_TIMEOUT``"""
     proof_missing: str = ""
     """what it means when ``proof`` did not grow"""
+    upstream_conns: Callable[[], float] | None = None
+    """connections opened to the server so far (the destination agent's counter), for the waypoint's pool"""
     error: str | None = None
 
     @property
@@ -177,6 +179,7 @@ class Bench:
                 waypoint_error = str(exc)
                 say(f"waypoint: {exc}")
             svc_ip = topo.service_ip(NS_WAYPOINT, SERVICE)
+            wp_server = topo.pod(NS_WAYPOINT, "server")
             relays = {node: [pid] for node, pid in self.agents.items()}
             relays.update({"waypoint": self.proxies.get("waypoint", [])})
             path = BenchPath("waypoint", topo.pod(NS_WAYPOINT, "client").netns, svc_ip, HTTP_PORT, svc_ip, HTTP_PORT,
@@ -184,6 +187,9 @@ class Bench:
                              proof=self._waypoint_requests if waypoint_error is None else None,
                              proof_missing="the request was answered but the waypoint counted no request to "
                                            f"{SERVICE}.{NS_WAYPOINT}: the traffic did not go through it",
+                             upstream_conns=lambda: topo.agent_metric(
+                                 wp_server.node, "ambit_tcp_connections_opened_total", reporter="destination",
+                                 destination_workload_namespace=NS_WAYPOINT),
                              error=waypoint_error)
             if waypoint_error:
                 self.errors["waypoint"].append(f"not measured: {waypoint_error}")
@@ -387,8 +393,12 @@ class Bench:
             say(f"  {r['rps']:.0f} req/s, p50 {r['p50_ms']:.3f} ms, p99 {r['p99_ms']:.3f} ms")
         elif step == "c32":
             relay0, proxy0 = cpu_seconds(path.relay_pids), cpu_seconds(path.proxy)
+            conns0 = self._upstream_conns(path)
             r = tools.wrk(c, netns=path.netns, url=path.url, connections=s.wrk_connections, seconds=s.wrk_seconds)
             relay, proxy = cpu_seconds(path.relay_pids) - relay0, cpu_seconds(path.proxy) - proxy0
+            conns1 = self._upstream_conns(path)
+            conns = None if conns0 is None or conns1 is None else conns1 - conns0
+            add["c32_upstream_conns_per_1k"].append(None if conns is None else conns / r["requests"] * 1000)
             add["c32_rps"].append(r["rps"])
             add["c32_p99_ms"].append(r["p99_ms"])
             add["c32_relay_cpu_us"].append(relay / r["requests"] * 1e6 if path.relays else None)
@@ -397,6 +407,7 @@ class Bench:
             say(f"  {r['rps']:.0f} req/s, p99 {r['p99_ms']:.3f} ms"
                 + (f", relays {relay / r['requests'] * 1e6:.0f} CPU us/request" if path.relays else "")
                 + (f", proxy {proxy / r['seconds']:.2f} cores" if path.proxy else "")
+                + (f", {conns:.0f} upstream connections opened" if conns is not None else "")
                 + (f", {r['errors']} errors" if r["errors"] else ""))
         else:
             r = tools.wrk(c, netns=path.netns, url=path.url, connections=s.wrk_connections, seconds=s.wrk_seconds,
@@ -425,6 +436,14 @@ class Bench:
             self.errors["cni"].extend(errors[:10])
             say(f"  p50 {report.percentile(times, 50) or 0:.1f} ms, p99 {report.percentile(times, 99) or 0:.1f} ms"
                 + (f", {len(errors)} failed" if errors else ""))
+
+    @staticmethod
+    def _upstream_conns(path: BenchPath) -> float | None:
+        try:
+            return path.upstream_conns() if path.upstream_conns else None
+        except OSError as exc:
+            say(f"  could not read the connections opened to the server: {exc}")
+            return None
 
     def _selected(self, path: BenchPath) -> bool:
         return self._wanted(path.name)

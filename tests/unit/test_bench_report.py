@@ -81,7 +81,8 @@ def test_the_report_shows_the_waypoint_beside_nginx_http_with_placement_and_memo
                   "nginx-http": {"c1_p50_ms": 0.120, "c1_p99_ms": 0.2, "c1_rps": 8000, "c32_rps": 20000,
                                  "c32_proxy_cpu_us": 20.0, "c32_proxy_cores": 0.4},
                   "waypoint": {"c1_p50_ms": 0.400, "c1_p99_ms": 0.9, "c1_rps": 2500, "c32_rps": 4000,
-                               "c32_proxy_cpu_us": 240.0, "c32_proxy_cores": 0.96}},
+                               "c32_proxy_cpu_us": 240.0, "c32_proxy_cores": 0.96,
+                               "c32_upstream_conns_per_1k": 180.0}},
                  memory={"proxy_idle_kb": {"waypoint": 102400, "nginx-http": 4096},
                          "proxy_peak_kb": {"waypoint": 122880, "nginx-http": 5120}},
                  layout={"waypoint_node": "node-2", "nginx_http_node": "node-2", "nginx_http_workers": 1})
@@ -95,6 +96,8 @@ def test_the_report_shows_the_waypoint_beside_nginx_http_with_placement_and_memo
         "| added p50 latency at c=1 over direct (ms) | — | 0.120 | 0.040 | 0.320 | 8.00× | — |"
     assert rows["L7 proxy CPU per request at c=32 (CPU µs)"].startswith(
         "| L7 proxy CPU per request at c=32 (CPU µs) | — | — | 20.0 | 240 | 12.00× |")
+    assert rows["connections opened to the server per 1000 requests at c=32 (conns)"].startswith(
+        "| connections opened to the server per 1000 requests at c=32 (conns) | — | — | — | 180 | — |")
     assert rows["RSS idle (MB)"] == "| RSS idle (MB) | — | — | 4.00 | 100 | 25.00× | — |"
     assert f"| {RPS} | ≥ 0.5 × | 0.200 × | **no** |" in md
     assert f"| {ADDED} | ≤ 2 × | 8.00 × | **no** |" in md
