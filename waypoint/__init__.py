@@ -1,5 +1,17 @@
 """The L7 waypoint proxy: HTTP routing, retries, timeouts and request metrics for the Services bound to it.
 
+Provisioning and the connection (``docs/waypoint.md``):
+
+- ``controller``: ``ambit-waypoint controller``: each Gateway of class ``ambit-waypoint`` becomes an owned
+  ServiceAccount, RoleBinding, trust-bundle ConfigMap, Deployment and Service; the Gateway's status.
+- ``run``: ``ambit-waypoint proxy``, one waypoint pod: discovery, its own certificate, the listener, admin
+  endpoints, drain on SIGTERM; ``settings``: its environment; ``discovery``: its namespace's Pods,
+  Services, EndpointSlices and HTTPRoutes as one frozen view.
+- ``server``: the tunnel listener (15008) as the waypoint's identity: the header names a Service of its
+  namespace; HTTP goes to the engine below, anything else is relayed as TCP; endpoints are reached
+  over new tunnels (``SnapshotBackends`` is the engine's ``Backends`` and ``Connector``).
+- ``cli``: the ``ambit-waypoint`` command.
+
 Along the data path of one request (the L7 core; it starts from "a downstream byte stream carrying
 HTTP for Service S port P"):
 

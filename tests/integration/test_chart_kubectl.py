@@ -20,6 +20,11 @@ def test_dry_run_output_is_accepted_by_kubectl(kubectl):
     rendered = _rendered("--set", "trustDomain=example.org")
     assert "example.org" in rendered
     kubectl("create", "namespace", "ambit-system")
+    # as with `helm template | kubectl apply`: the chart's CRDs first (the GatewayClass needs them)
+    from ambitctl.chart import DEFAULT_CHART
+
+    kubectl("apply", "--server-side", "-f", str(DEFAULT_CHART / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=30s")
     for mode, said in (("client", "(dry run)"), ("server", "(server dry run)")):
         out = kubectl("apply", f"--dry-run={mode}", "-f", "-", stdin=rendered)
         lines = [line for line in out.stdout.splitlines() if line.strip()]
