@@ -12,6 +12,9 @@
   the ``ambit_request_duration_milliseconds`` buckets (percentiles interpolated within a bucket, as
   Prometheus' ``histogram_quantile``) gives them. A workload no waypoint serves, or that got no
   request in the window, shows ``-`` (``null`` in JSON).
+
+Waypoints themselves (pods labelled ``gateway.networking.k8s.io/gateway-name``) are left out: they are
+the mesh's, never captured; ``ambit waypoint list`` shows them.
 """
 from __future__ import annotations
 
@@ -60,6 +63,10 @@ class Http:
                 return lower + (le - lower) * ((rank - below) / (count - below) if count > below else 0.0)
             lower, below = le, count
         return lower
+
+
+def _is_waypoint(pod: dict) -> bool:
+    return GATEWAY_NAME_LABEL in ((pod.get("metadata") or {}).get("labels") or {})
 
 
 def parse_http(text: str) -> dict[tuple[str, str], Http]:
@@ -167,7 +174,7 @@ def stat(c: Cluster, *, kind: str, name: str | None, namespace: str | None, wind
     http = http_window(c, window=window, sleep=sleep)
 
     def row(ns: str, rname: str, pods: list[dict], workloads: list[str]) -> Row:
-        pods = running(pods)
+        pods = [p for p in running(pods) if not _is_waypoint(p)]
         meshed = sum(1 for p in pods if p["metadata"]["uid"] in captured)
         tcp = sum(conns.get((ns, w), 0) for w in workloads)
         h = Http()
@@ -195,6 +202,8 @@ def stat(c: Cluster, *, kind: str, name: str | None, namespace: str | None, wind
             if not deploys:
                 raise AmbitctlError(f"deployment {name} not found in {namespace or 'any namespace'}")
         for d in deploys:
+            if _is_waypoint((d.get("spec") or {}).get("template") or {}):
+                continue  # mesh infrastructure, never captured itself: `ambit waypoint list`
             ns = d["metadata"]["namespace"]
             rows.append(row(ns, d["metadata"]["name"], c.list("v1", "Pod", namespace=ns, selector=selector_of(d)),
                             [d["metadata"]["name"]]))

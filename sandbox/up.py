@@ -96,8 +96,8 @@ def up(cfg: SandboxConfig, *, demo: bool, mesh: bool = True, value_files: list[s
         if mesh:
             enrol_namespace(api, "demo")
             _say("namespace demo enrolled (ambit.dev/dataplane-mode=ambient): its traffic now runs over mTLS")
-        if mesh and (values.get("waypoint") or {}).get("enabled"):
-            _demo_waypoint(api)
+        if rendered is not None and any(m.kind == "GatewayClass" for m in rendered.manifests):
+            _demo_waypoint(api)  # the chart's waypoint.enabled (on by default)
     _say(f"sandbox up in {time.monotonic() - started:.1f}s; kubeconfig: {cfg.kubeconfig_path}")
 
 

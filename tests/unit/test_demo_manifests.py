@@ -58,4 +58,4 @@ def test_web_and_bot_name_the_services_they_resolve():
     env = {e["name"]: e["value"] for e in BY_KIND["Deployment"]["web"]["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert (env["EMOJI_SERVICE"], env["VOTING_SERVICE"]) == ("emoji", "voting")
     bot = {e["name"]: e["value"] for e in BY_KIND["Deployment"]["vote-bot"]["spec"]["template"]["spec"]["containers"][0]["env"]}
-    assert bot == {"RATE": "5", "WEB_SERVICE": "web"}
+    assert bot == {"RATE": "5", "WEB_SERVICE": "web", "FAILING_SHARE": "0.15"}

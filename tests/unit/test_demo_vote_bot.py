@@ -88,3 +88,32 @@ def test_main_rejects_bad_settings(monkeypatch, env, args):
     for k, v in env.items():
         monkeypatch.setenv(k, v)
     assert vote_bot.main([*args, "--count", "1"]) == 2
+
+
+def test_failing_share_sets_how_often_the_doughnut_is_voted():
+    import random
+
+    from sandbox.demo import vote_bot
+
+    chosen: list[str] = []
+
+    class Web:
+        def address(self):
+            return ("127.0.0.1", 1)
+
+    def fake_call(address, path):
+        chosen.append(path.rsplit("=", 1)[1])
+        return 200, {}
+
+    original = vote_bot.call
+    vote_bot.call = fake_call
+    try:
+        vote_bot.run(Web(), rate=1e9, max_requests=2000, failing_share=0.15, rng=random.Random(7))
+    finally:
+        vote_bot.call = original
+    share = chosen.count("%3Adoughnut%3A") / len(chosen)
+    assert 0.12 < share < 0.18
+    import pytest
+
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        vote_bot.run(Web(), rate=1, failing_share=1.5)
