@@ -76,7 +76,7 @@ class WaypointListener(Listener):
     ) -> None:
         super().__init__(inputs=inputs, workload=workload, netns=None, host=host, port=port)
         self.gateway = gateway
-        self._view = view
+        self.view = view
         self._http = http
 
     def set_http(self, http: HttpHandler) -> None:
@@ -117,7 +117,7 @@ class WaypointListener(Listener):
         await self._relay(stream, service, header.target_port, record)
 
     def _service(self, header: TunnelHeader, record: ConnectionRecord) -> Service:
-        snap = self._view().snapshot
+        snap = self.view().snapshot
         svc = snap.services_by_vip.get(header.target_ip)
         record.original_dst = (header.target_ip, header.target_port)
         record.source_workload_name = header.source_workload
@@ -151,7 +151,7 @@ class WaypointListener(Listener):
 
     def endpoints(self, service: Service, port: int) -> list[Endpoint]:
         """The service's ready endpoints for ``port`` that are pods (for the L7 engine too)."""
-        snap = self._view().snapshot
+        snap = self.view().snapshot
         return [Endpoint(workload=snap.mesh_by_ip[ep.ip], port=target)
                 for ep, target in service.targets(port) if ep.ip in snap.mesh_by_ip]
 
@@ -242,7 +242,7 @@ class SnapshotBackends:
         self._listener = listener
 
     def _service(self, ref: ServiceRef) -> Service | None:
-        return self._listener._view().snapshot.services_by_name.get((ref.namespace, ref.name))
+        return self._listener.view().snapshot.services_by_name.get((ref.namespace, ref.name))
 
     def endpoints(self, service: ServiceRef) -> list[Endpoint] | None:
         svc = self._service(service)
@@ -259,7 +259,7 @@ class SnapshotBackends:
         svc = self._service(service)
         target = None
         if svc is not None:
-            td = self._listener._view().snapshot.trust_domain
+            td = self._listener.view().snapshot.trust_domain
             if svc.cluster_ip not in ("", "None"):  # headless: no address for the header
                 target = ServiceTarget(name=svc.name, namespace=svc.namespace, hostname=f"{svc.hostname}.{td}",
                                        vip=svc.cluster_ip, port=service.port)
