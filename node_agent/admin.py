@@ -46,7 +46,7 @@ def config_dump(snap: Snapshot, *, ready: bool, certificates: list, redirection:
             for w in sorted(snap.workloads_by_uid.values(), key=lambda x: (x.namespace, x.pod))
         ],
         "services": [
-            {"name": s.name, "namespace": s.namespace, "cluster_ip": s.cluster_ip,
+            {"name": s.name, "namespace": s.namespace, "cluster_ip": s.cluster_ip, "waypoint": s.waypoint,
              "ports": [{"port": p.port, "target_port": p.target_port, "name": p.name} for p in s.ports],
              "endpoints": [{"ip": e.ip, "ready": e.ready, "node": e.node, "ports": dict(e.ports)}
                            for e in s.endpoints]}
