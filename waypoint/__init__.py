@@ -25,10 +25,11 @@ HTTP for Service S port P"):
   "waypoint"), retries and timeouts, and one JSON access line per request.
 - ``http_proxy``: the engine, ``HttpProxy.serve_http1`` / ``serve_http2(downstream, context=...)``: one client
   connection's requests routed, balanced (P2C peak-EWMA, failure accrual), retried within budget, timed,
-  streamed both ways with backpressure.
+  streamed both ways with backpressure (a response head is held until the retry decision).
 - ``upstream``: one attempt's request and response over HTTP/1.1 or h2c (``appProtocol`` grpc/h2c);
   ``pool``: keep-alive upstream connections per endpoint and protocol.
 - ``model``: what the plumbing injects: ``RequestContext`` (service port, source identity) and the
   ``Connector``, ``Backends`` and ``RouteSource`` Protocols.
-- ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``RouteError``).
+- ``errors``: ``WaypointError`` and its few subclasses (``HttpError`` with the status to answer, ``StreamRefused``
+  an h2c upstream that processed nothing, ``RouteError``).
 """

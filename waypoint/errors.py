@@ -21,3 +21,11 @@ class HttpError(WaypointError, ValueError):
 
 class RouteError(WaypointError, ValueError):
     """An HTTPRoute the waypoint cannot apply: says which route, where in it, and what to change."""
+
+
+class StreamRefused(HttpError):
+    """The upstream reset the request's h2 stream with ``REFUSED_STREAM`` before answering: it processed
+    nothing (RFC 9113 8.7), so the request may go to another attempt."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, status=502)

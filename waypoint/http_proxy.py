@@ -11,9 +11,11 @@ prior knowledge) until the client is done; every request then goes the same way:
 3. per attempt: an endpoint by P2C over peak-EWMA among those failure accrual allows, a pooled or
    new connection (``Connector``), HTTP/1.1 or, for an ``appProtocol`` of h2c/grpc, h2c
    (``upstream``); the body streamed up while the response is read, with backpressure both ways;
-4. retry per the rule's ``retry`` on connect failures and listed codes, never once a response byte
-   went to the client and never a body past the 64 KiB replay buffer; each retry must be allowed by
-   the route's budget (refused: the last answer as it is, ``UO``; attempts used up: ``URX``);
+4. retry per the rule's ``retry`` on connect failures, h2c streams the upstream refused
+   (``REFUSED_STREAM``), listed codes and gRPC trailers-only ``UNAVAILABLE`` answers (a response head
+   is held until this is decided), never once a response byte went to the client and never a body
+   past the 64 KiB replay buffer; each retry must be allowed by the route's budget (refused: the
+   last answer as it is, ``UO``; attempts used up: ``URX``);
 5. ``timeouts.request`` bounds the whole exchange including retries, ``timeouts.backendRequest``
    each attempt: 504 ``UT`` (or the response cut when it had already started);
 6. record metrics and the access line.
@@ -41,7 +43,7 @@ from waypoint.accrual import AccrualSettings, FailureAccrual
 from waypoint.budget import BudgetSettings, RetryBudgets
 from waypoint.downstream_h1 import Http1Connection, Http1Request
 from waypoint.downstream_h2 import Http2Server
-from waypoint.errors import HttpError
+from waypoint.errors import HttpError, StreamRefused
 from waypoint.http1 import Body, EndOfMessage, Framing, RequestHead, ResponseHead
 from waypoint.metrics import Flag, RequestMetrics, RequestRecord
 from waypoint.model import Backends, Clock, Connector, RequestContext, RouteSource, ServiceRef
@@ -343,18 +345,20 @@ class HttpProxy:
         tried: list[tuple[str, int]] = []
         stale_retried = False
         failovers = 0
+        exhausted = False
         while True:
             outcome = await self._attempt(head, rec, body, rule, service, by_key, tried, h2c)
             if outcome.stale and not stale_retried and body.replayable:
                 stale_retried = True  # the server closed an idle connection as we sent: free retry
                 continue
             if outcome.head is not None:
-                retry_it = retry is not None and outcome.head.status in retry.codes
+                retry_it = retry is not None and (outcome.head.status in retry.codes
+                                                  or _grpc_unavailable(outcome.head))
             else:
                 retry_it = outcome.retryable
             if not retry_it:
                 break
-            if retry is None:  # a connect failure: nothing was sent, another endpoint may answer
+            if retry is None:  # a connect failure or a refused stream: nothing was processed, try elsewhere
                 if failovers >= self.settings.connect_failovers:
                     break
                 failovers += 1
@@ -363,8 +367,7 @@ class HttpProxy:
                 rec.detail = rec.detail or f"request body over {self.settings.retry_buffer} bytes is not retried"
                 break
             if rec.retries >= allowed:
-                if allowed:
-                    rec.flag(Flag.RETRIES_EXHAUSTED)
+                exhausted = allowed > 0
                 break
             if not budget.withdraw():
                 rec.flag(Flag.OVERFLOW, "retry budget exhausted")
@@ -372,9 +375,12 @@ class HttpProxy:
             await self._discard(outcome)
             rec.retries += 1
             await asyncio.sleep(retry.backoff * 2 ** (rec.retries - 1))
+        if outcome.head is None:
+            rec.flag(outcome.flag, outcome.error)  # the cause first: "UF,URX"
+        if exhausted:
+            rec.flag(Flag.RETRIES_EXHAUSTED)
         if outcome.head is not None:
             return await self._respond(client, rec, outcome, rule)
-        rec.flag(outcome.flag, outcome.error)
         if outcome.key is None:
             await self._answer(client, rec, 503, "no healthy upstream")
         elif outcome.flag == Flag.TIMEOUT:
@@ -464,8 +470,10 @@ class HttpProxy:
             else:
                 self.balancer.failed(key, elapsed=self._clock() - started)
                 self.accrual.failure(key)
-            outcome.flag = Flag.UPSTREAM_PROTOCOL_ERROR if received else Flag.UPSTREAM_RESET
+            refused = isinstance(exc, StreamRefused)
+            outcome.flag = Flag.UPSTREAM_PROTOCOL_ERROR if received and not refused else Flag.UPSTREAM_RESET
             outcome.error = str(exc)
+            outcome.retryable = refused  # the upstream processed nothing: as safe as a connect failure
         except TimeoutError:
             self.accrual.cancel(key)
             outcome.flag = Flag.TIMEOUT
@@ -549,6 +557,15 @@ class HttpProxy:
                 outcome.upload = None
                 await _stop(upload)
             self._release(outcome, reuse=ok and up.reusable)
+
+
+def _grpc_unavailable(head: ResponseHead) -> bool:
+    """A gRPC trailers-only answer (HEADERS with END_STREAM) of status 14, UNAVAILABLE: nothing of it
+    has reached the client (the head waits in the outcome), so a route with ``retry`` retries it."""
+    if head.framing is not Framing.NONE:
+        return False
+    status = head.header(b"grpc-status")
+    return status is not None and status.strip() == b"14"
 
 
 async def _stop(task: asyncio.Task[None]) -> None:

@@ -7,7 +7,9 @@
   pooled exactly like an HTTP/1.1 connection. ``Http2Upstream`` is one request on it: a reader
   task feeds h2 and queues the response's events; the body waits for flow-control window.
 - Both yield ``ResponseHead``, ``Body``, ``EndOfMessage`` from ``next_event`` and raise
-  ``HttpError`` (status 502) when the upstream breaks the protocol or closes early.
+  ``HttpError`` (status 502) when the upstream breaks the protocol or closes early;
+  ``StreamRefused`` when an h2c upstream refused the stream (``REFUSED_STREAM``, or a GOAWAY below
+  its id) before answering: it processed nothing.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import h2.settings
 from node_agent.proxy.pump import Stream, StreamClosedError
 
 from waypoint import http1
-from waypoint.errors import HttpError
+from waypoint.errors import HttpError, StreamRefused
 from waypoint.http1 import Body, EndOfMessage, Framing, RequestHead, ResponseHead
 
 H2_PROTOCOLS = frozenset({"kubernetes.io/h2c", "grpc", "h2c"})
@@ -155,13 +157,14 @@ class H2Connection:
 class Http2Upstream:
     """One request on an ``H2Connection``, with its reader task."""
 
-    __slots__ = ("conn", "stream_id", "received", "_events", "_ready", "_reader", "_trailers", "_ended",
+    __slots__ = ("conn", "stream_id", "received", "started", "_events", "_ready", "_reader", "_trailers", "_ended",
                  "_method", "_acked")
 
     def __init__(self, conn: H2Connection, *, method: str) -> None:
         self.conn = conn
         self.stream_id = conn.h2.get_next_available_stream_id()
         self.received = 0
+        self.started = False  # the response's HEADERS came
         self._events: deque[object] = deque()
         self._ready = asyncio.Event()
         self._reader: asyncio.Task[None] | None = None
@@ -235,9 +238,9 @@ class Http2Upstream:
         finally:
             self._ready.set()
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, message: str, *, refused: bool = False) -> None:
         self.conn.broken = True
-        self._events.append(HttpError(message, status=502))
+        self._events.append(StreamRefused(message) if refused else HttpError(message, status=502))
         self._ended = True
         self._ready.set()
 
@@ -250,11 +253,13 @@ class Http2Upstream:
             conn.broken = True
             conn.window_changed()
             if not self._ended and (event.last_stream_id is None or event.last_stream_id < self.stream_id):
-                self._fail(f"upstream sent goaway ({event.error_code!s}) before answering")
+                # streams above last_stream_id were not processed (RFC 9113 6.8): as safe to retry as a refusal
+                self._fail(f"upstream sent goaway ({event.error_code!s}) before answering", refused=True)
             return
         if getattr(event, "stream_id", None) != self.stream_id:
             return
         if isinstance(event, h2.events.ResponseReceived):
+            self.started = True
             self._events.append(_response_head(event.headers, method=self._method,
                                                ended=event.stream_ended is not None))
         elif isinstance(event, h2.events.DataReceived):
@@ -265,9 +270,13 @@ class Http2Upstream:
             self._events.append(EndOfMessage(self._trailers))
             self._ended = True
         elif isinstance(event, h2.events.StreamReset):
-            self._fail(f"upstream reset the stream ({h2.errors.ErrorCodes(event.error_code).name.lower()})"
-                       if event.error_code in h2.errors.ErrorCodes._value2member_map_ else
-                       f"upstream reset the stream (code {event.error_code})")
+            code = event.error_code
+            if code == h2.errors.ErrorCodes.REFUSED_STREAM and not self.started:
+                self._fail("upstream refused the stream (refused_stream)", refused=True)
+            else:
+                self._fail(f"upstream reset the stream ({h2.errors.ErrorCodes(code).name.lower()})"
+                           if code in h2.errors.ErrorCodes._value2member_map_ else
+                           f"upstream reset the stream (code {code})")
         else:
             return
         self._ready.set()
