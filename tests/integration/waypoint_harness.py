@@ -214,7 +214,8 @@ class Waypoint:
 
 
 @asynccontextmanager
-async def mesh(settings: HttpSettings | None = None):
+async def mesh(settings: HttpSettings | None = None, *, routes: tuple[dict, ...] = ()):
+    """The engine and the backends; ``routes`` are HTTPRoutes added to ``ROUTES`` (for a test's own Services)."""
     backends = {
         "flaky": [Backend("flaky", flaky)],
         "slow": [Backend("slow", slow)],
@@ -226,7 +227,7 @@ async def mesh(settings: HttpSettings | None = None):
     backends["split"] = []  # the route's parent: only its backends serve
     started: list[Backend] = []
     catalog = Backends(backends)
-    wp = Waypoint(HttpProxy(connector=Connector(), backends=catalog, routes=Routes(RouteTable.build(ROUTES)),
+    wp = Waypoint(HttpProxy(connector=Connector(), backends=catalog, routes=Routes(RouteTable.build([*ROUTES, *routes])),
                             metrics=RequestMetrics(), settings=settings))
     wp.backends = catalog
     try:
