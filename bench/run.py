@@ -504,6 +504,10 @@ def main(argv: list[str] | None = None) -> int:
         say(f"warning: the machine is {busy:.0%} busy before the run; other work on these cores skews the figures")
     started = time.monotonic()
     date = dt.date.today().isoformat()
+    # the code under test is what the sandbox's processes load at start: name it before they do (other
+    # commits may land in the tree while the run goes on)
+    code = ("node_agent", "cni", "waypoint")
+    commit, dirty_files = _git("rev-parse", "--short", "HEAD"), _git("status", "--porcelain", "--", *code).splitlines()
     ok = False
     try:
         paths = bench.build()
@@ -530,9 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if not ok:
         return 1
-    meta = {**report.machine(), "date": date, "commit": _git("rev-parse", "--short", "HEAD"),
-            "dirty": bool(_git("status", "--porcelain", "--", "node_agent", "cni", "waypoint")),
-            "dirty_files": _git("status", "--porcelain", "--", "node_agent", "cni", "waypoint").splitlines(),
+    meta = {**report.machine(), "date": date, "commit": commit, "dirty": bool(dirty_files), "dirty_files": dirty_files,
             "repetitions": s.repetitions, "iperf_seconds": s.iperf_seconds, "wrk_seconds": s.wrk_seconds,
             "wrk_connections": s.wrk_connections, "scale_pods": s.scale_pods, "idle_connections": s.idle_connections,
             "cni_samples": s.cni_samples, "paths": list(s.paths) or list(report.PATHS),
