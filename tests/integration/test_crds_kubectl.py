@@ -376,3 +376,15 @@ def test_deleting_a_gateway_deletes_what_it_owns(cfg, kubectl, api_client, gatew
         assert _left(kubectl, name) == [], "kubectl waited for the Gateway, which went last"
     _wait("the Gateway's dependents to go", lambda: True if not _left(kubectl, name) else None)
     assert kubectl("get", "gateway", name, check=False).returncode == 1
+
+
+def test_deleting_a_namespace_deletes_its_custom_resources(cfg, kubectl, gateway_api):
+    kubectl("apply", "-f", "-", stdin=ROUTES)
+    kubectl("create", "namespace", "routes")
+    kubectl("apply", "-n", "routes", "-f", "-", stdin=ROUTES.replace("namespace: default", "namespace: routes"))
+    assert table(kubectl("get", "gtw,httproute", "-n", "routes", "-o", "name").stdout) == [
+        ["gateway.gateway.networking.k8s.io/web"], ["httproute.gateway.networking.k8s.io/shop"]]
+    res = kubectl("delete", "namespace", "routes", "--timeout=30s")
+    assert res.stdout.strip() == 'namespace "routes" deleted'
+    assert kubectl("get", "gtw,httproute", "-A", "--field-selector", "metadata.namespace=routes", "-o", "name").stdout == ""
+    assert table(kubectl("get", "gtw", "web", "-n", "default", "--no-headers").stdout)[0][0] == "web", "other namespaces keep theirs"
