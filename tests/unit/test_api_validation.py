@@ -101,3 +101,11 @@ def test_every_dns_label_is_a_valid_label_value_and_subdomain(name):
 def test_validators_never_raise(text):
     for check in (check_dns1123_label, check_dns1123_subdomain, check_label_value, check_qualified_name):
         assert isinstance(check(text), list)
+
+
+@pytest.mark.parametrize("value_bytes,too_long", [(256 * 1024 - 3, False), (256 * 1024 - 2, True)], ids=["at-the-limit", "one-byte-over"])
+def test_annotations_hold_256_kib_in_all(value_bytes, too_long):
+    """Why client-side `kubectl apply` of a big CRD fails on a cluster: its last-applied copy does not fit."""
+    causes = object_meta_causes({"name": "x", "annotations": {"a/b": "v" * value_bytes}})
+    assert causes == ([{"reason": "FieldValueTooLong", "field": "metadata.annotations",
+                        "message": "Too long: may not be more than 262144 bytes"}] if too_long else [])
