@@ -31,7 +31,7 @@ def cmd_install(args: argparse.Namespace) -> int:
 
     api = connect(kubeconfig=args.kubeconfig, context=args.context)
     report = install(api, rendered, namespace=args.namespace, release=args.release,
-                     wait=None if args.no_wait else args.timeout, say=_say)
+                     wait=None if args.no_wait else args.timeout, say=_say, skip_crds=args.skip_crds)
     _say(f"Ambit is installed in namespace {args.namespace} ({report.summary()})")
     if report.changed and rendered.notes:
         print(rendered.notes.rstrip())
@@ -42,8 +42,14 @@ def cmd_uninstall(args: argparse.Namespace) -> int:
     from ambitctl.apply import connect
     from ambitctl.install import uninstall
 
+    crds = ()
+    if args.delete_crds:
+        from ambitctl import chart
+
+        crds = chart.render(chart.values()).crds
     api = connect(kubeconfig=args.kubeconfig, context=args.context)
-    deleted = uninstall(api, namespace=args.namespace, release=args.release, timeout=args.timeout, say=_say)
+    deleted = uninstall(api, namespace=args.namespace, release=args.release, timeout=args.timeout, say=_say,
+                        crds=crds)
     _say(f"Ambit is uninstalled ({deleted} objects deleted)" if deleted else
          f"nothing to uninstall: no Ambit object in namespace {args.namespace}")
     return 0
@@ -174,11 +180,15 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a value, as helm --set (repeatable; wins over -f)")
     ins.add_argument("--dry-run", action="store_true", help="print the rendered YAML and apply nothing")
     ins.add_argument("--no-wait", action="store_true", help="do not wait for the CA and the agents to be ready")
+    ins.add_argument("--skip-crds", action="store_true",
+                     help="do not create the chart's Gateway API CRDs (as helm --skip-crds: the cluster has its own)")
     ins.add_argument("--chart", default=str(DEFAULT_CHART), help="the chart directory (default: this checkout's)")
     ins.set_defaults(func=cmd_install)
 
     uni = sub.add_parser("uninstall", help="remove every Ambit object and unchain ambit-cni from every node")
     _ambit_flags(uni)
+    uni.add_argument("--delete-crds", action="store_true",
+                     help="also delete the chart's Gateway API CRDs, and with them every Gateway and route in the cluster")
     uni.set_defaults(func=cmd_uninstall)
 
     chk = sub.add_parser("check", help="check that Ambit is installed and healthy (exit 1 on any failure)")
