@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from test_mesh import ECHO_SERVER, Sandbox  # tests/e2e is on sys.path (rootdir-relative imports)
+from e2e_sandbox import ECHO_SERVER, Sandbox  # tests/e2e is on sys.path
 
 pytestmark = pytest.mark.root
 
@@ -47,13 +47,6 @@ S(("0.0.0.0", 8080), H).serve_forever()
 
 
 class WaypointSandbox(Sandbox):
-    def __init__(self, base) -> None:
-        super().__init__(base)
-        from sandbox.config import SandboxConfig
-
-        self.env.update(AMBIT_SANDBOX=NAME, AMBIT_SANDBOX_INDEX=str(INDEX))
-        self.cfg = SandboxConfig(name=NAME, index=INDEX, base_dir=base)
-
     def waypoint_cmd(self, *args, timeout=60):
         return self.ambit("waypoint", *args, "--kubeconfig", str(self.cfg.kubeconfig_path), timeout=timeout)
 
@@ -70,7 +63,7 @@ class WaypointSandbox(Sandbox):
 
 @pytest.fixture(scope="module")
 def sb(tmp_path_factory):
-    s = WaypointSandbox(tmp_path_factory.mktemp("waypoint"))
+    s = WaypointSandbox(tmp_path_factory.mktemp("waypoint"), name=NAME, index=INDEX)
     try:
         s.ambit("up", "--nodes", "2", "--no-demo", timeout=180)
         s.kubectl("create", "namespace", "shop")
