@@ -91,7 +91,9 @@ class WaypointListener(Listener):
         record.security_policy = SecurityPolicy.MUTUAL_TLS
         record.waypoint = f"{self.workload.namespace}/{self.gateway}"
         try:
-            header, _ = await accept_tunnel(self.inputs, stream, identity=self.workload.identity, record=record)
+            header, source = await accept_tunnel(self.inputs, stream, identity=self.workload.identity, record=record)
+            record.source_workload_name = header.source_workload  # the agent's claim, for metrics only
+            record.source_namespace = source.namespace  # authenticated, unlike the header's claim
             service = self._service(header, record)
         except TunnelRefused as refused:
             record.fail(refused.flag, refused.detail)
@@ -120,8 +122,6 @@ class WaypointListener(Listener):
         snap = self.view().snapshot
         svc = snap.services_by_vip.get(header.target_ip)
         record.original_dst = (header.target_ip, header.target_port)
-        record.source_workload_name = header.source_workload
-        record.source_namespace = header.source_namespace
         if svc is None or svc.namespace != self.workload.namespace:
             raise TunnelRefused(Status.FORBIDDEN, ResponseFlag.NO_ROUTE,
                                 f"{header.target_ip}:{header.target_port} is not a service of namespace "
