@@ -46,7 +46,8 @@ class WaypointConfig:
 
     namespace: str = "ambit-system"
     """Ambit's namespace: the trust bundle ConfigMap and the CA's Service live there"""
-    image: str = "ghcr.io/ambit-mesh/ambit:latest"
+    image: str = "ambit.dev/ambit:latest"
+    """the chart passes its own ``image`` (``--image``); this default matches the chart's repository"""
     trust_domain: str = "cluster.local"
     ca_url: str = "https://ambit-identity.ambit-system.svc:15012"
     ca_service: str = "ambit-identity"
@@ -209,7 +210,7 @@ class Controller:
                                          "field_selector": f"metadata.name={config.ca_service}"},
                             on_event=self._on_event),
         }
-        self._applied: dict[tuple[str, str], str] = {}  # gateway uid -> fingerprint of what was applied
+        self._applied: dict[tuple[str, str], str] = {}  # (namespace, gateway) -> fingerprint of what was applied
 
     def _on_event(self, etype: str, obj: dict) -> None:
         loop = self._loop
