@@ -16,15 +16,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 import time
 
 from kubernetes import client as k8s
 
 from cni.protocol import CniRequest, CniResponse
-from node_agent import admin
-from node_agent.discovery.client import KubeConfigError, load_api_client
+from node_agent import admin, lifecycle
 from node_agent.discovery.reflector import Reflector
 from node_agent.identity.client import HttpsCaClient
 from node_agent.identity.manager import CertificateManager
@@ -321,29 +319,8 @@ def _raise_fd_limit() -> None:
 
 def main(settings: AgentSettings) -> int:
     _raise_fd_limit()
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency
-        uvloop = None
 
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            api = load_api_client()
-        except KubeConfigError as exc:
-            raise AgentError(str(exc)) from exc
-        agent = Agent(settings, api_client=api)
-        await agent.run(stop)
+    async def body(api: k8s.ApiClient, stop: asyncio.Event) -> None:
+        await Agent(settings, api_client=api).run(stop)
 
-    try:
-        if uvloop is not None:
-            uvloop.run(_main())
-        else:
-            asyncio.run(_main())
-    except AgentError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return lifecycle.run(body, errors=(AgentError,))

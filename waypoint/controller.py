@@ -326,22 +326,9 @@ def _conditions_differ(old: dict, new: dict) -> bool:
 
 
 def main(config: WaypointConfig) -> int:
-    import uvloop
+    from node_agent import lifecycle
 
-    from node_agent.discovery.client import KubeConfigError, load_api_client
+    async def body(api: k8s.ApiClient, stop: asyncio.Event) -> None:
+        await Controller(api_client=api, config=config).run(stop)
 
-    async def _main() -> None:
-        import signal
-
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        await Controller(api_client=load_api_client(), config=config).run(stop)
-
-    try:
-        uvloop.run(_main())
-    except KubeConfigError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return lifecycle.run(body)

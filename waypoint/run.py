@@ -11,12 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import signal
 import threading
 from urllib.parse import urlsplit
 
-from node_agent import admin
-from node_agent.discovery.client import KubeConfigError, load_api_client
+from node_agent import admin, lifecycle
 from node_agent.identity.client import HttpsCaClient
 from node_agent.identity.manager import CertificateManager
 from node_agent.metrics import MetricsObserver, TcpMetrics
@@ -154,28 +152,13 @@ class Waypoint:
 
 
 def main(settings: WaypointSettings) -> int:
-    import uvloop
-
     pod_ip = os.environ.get("POD_IP", "")
     if not pod_ip:
         log.error("POD_IP is empty; the waypoint's Deployment sets it from the downward API (status.podIP)")
         return 2
 
-    async def _main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        try:
-            api = load_api_client()
-        except KubeConfigError as exc:
-            raise WaypointError(str(exc)) from exc
+    async def body(api, stop: asyncio.Event) -> None:
         discovery = Discovery(api_client=api, namespace=settings.namespace, trust_domain=settings.trust_domain)
         await Waypoint(settings, discovery=discovery, pod_ip=pod_ip).run(stop)
 
-    try:
-        uvloop.run(_main())
-    except WaypointError as exc:
-        log.error("%s", exc)
-        return 1
-    return 0
+    return lifecycle.run(body, errors=(WaypointError,))

@@ -97,11 +97,7 @@ class WaypointListener(Listener):
             service = self._service(header, record)
         except TunnelRefused as refused:
             record.fail(refused.flag, refused.detail)
-            if refused.status is not None and stream.ssl_object is not None and not stream.is_lost:
-                stream.write(encode_response(refused.status))
-                stream.close()
-            else:
-                stream.abort()
+            refused.answer(stream)
             self._open(record)
             self._close(record, PumpResult())
             return

@@ -32,6 +32,14 @@ class TunnelRefused(Exception):
         self.flag = flag
         self.detail = detail
 
+    def answer(self, stream: Stream) -> None:
+        """Tell the client why over TLS and close, or abort when there is no TLS to answer over."""
+        if self.status is not None and stream.ssl_object is not None and not stream.is_lost:
+            stream.write(encode_response(self.status))
+            stream.close()
+        else:
+            stream.abort()
+
 
 class InboundListener(Listener):
     kind = "inbound"
@@ -49,11 +57,7 @@ class InboundListener(Listener):
             header, source = await self._accept_tunnel(stream, record)
         except TunnelRefused as refused:
             record.fail(refused.flag, refused.detail)
-            if refused.status is not None and stream.ssl_object is not None and not stream.is_lost:
-                stream.write(encode_response(refused.status))
-                stream.close()
-            else:
-                stream.abort()
+            refused.answer(stream)
             self._open(record)
             self._close(record, PumpResult())
             return
